@@ -1,0 +1,4 @@
+// Command relay runs a Relay node.
+package main
+
+func main() {}

@@ -1,0 +1,3 @@
+module github.com/relay-pubsub/relay
+
+go 1.26
