@@ -45,10 +45,10 @@ func (e *closeError) Error() string { return fmt.Sprintf("close %d: %s", e.code,
 // Why the server closes a connection. Reasons are short: a close frame
 // carries at most 123 bytes of reason.
 var (
-	errSlowConsumer   = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
-	errWriteTimeout   = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
-	errBrokerDown     = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
-	errDraining       = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
+	errSlowConsumer = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
+	errWriteTimeout = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
+	errBrokerDown   = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
+	errDraining     = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
 	// errPongTimeout ends a connection whose peer stopped answering; no
 	// close frame is sent (it would not be read), so 1006 is logged.
 	errPongTimeout = &closeError{websocket.StatusAbnormalClosure, "pong timeout", false}
