@@ -48,6 +48,11 @@ type Config struct {
 	// MaxConnectionsPerIP bounds the connections from one remote address;
 	// 0 means no bound. Behind a load balancer every client has its address.
 	MaxConnectionsPerIP int `envconfig:"MAX_CONNECTIONS_PER_IP" default:"0" desc:"most connections from one remote IP; beyond it upgrades get 503 (0 = no limit; behind a proxy all clients share its IP)"`
+	// RawPublishRate and RawPublishBurst are a token bucket of the messages
+	// one raw-mode connection publishes: a client above the rate is read
+	// more slowly (TCP pushes back), nothing is dropped.
+	RawPublishRate  float64 `envconfig:"RAW_PUBLISH_RATE" default:"1000" desc:"raw mode: messages per second one connection may publish on average; a faster client is read more slowly, nothing is dropped; 0 = no limit"`
+	RawPublishBurst int     `envconfig:"RAW_PUBLISH_BURST" default:"1000" desc:"raw mode: messages one connection may publish at once above RELAY_RAW_PUBLISH_RATE"`
 }
 
 // Validate reports the first invalid field, naming its variable.
@@ -85,6 +90,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnectionsPerIP < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_MAX_CONNECTIONS_PER_IP: %d; want 0 (no limit) or more", c.MaxConnectionsPerIP))
+	}
+	if c.RawPublishRate < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_RAW_PUBLISH_RATE: %v; want 0 (no limit) or a positive rate per second", c.RawPublishRate))
+	}
+	if c.RawPublishRate > 0 && c.RawPublishBurst < 1 {
+		errs = append(errs, fmt.Errorf("RELAY_RAW_PUBLISH_BURST: %d; want at least 1 when RELAY_RAW_PUBLISH_RATE is set", c.RawPublishBurst))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

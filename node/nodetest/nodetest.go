@@ -32,6 +32,8 @@ func Config() node.Config {
 		PingInterval:    25 * time.Second,
 		PongTimeout:     10 * time.Second,
 		MaxConnections:  10000,
+		RawPublishRate:  1000,
+		RawPublishBurst: 1000,
 	}
 }
 
