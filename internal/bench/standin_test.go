@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// standIn is an in-process server that implements the wire contract the
+// generator loads (raw mode: GET /ws/{channel}; protocol mode: GET /ws with
+// JSON commands), with coder/websocket, as a stand-in target for the
+// generator's own tests. A mangle hook lets a test make it lose, duplicate
+// or reorder messages per subscriber.
+type standIn struct {
+	t      testing.TB
+	srv    *httptest.Server
+	node   string
+	mangle func(sub int, msg []byte) [][]byte // nil: deliver as is
+
+	mu     sync.Mutex
+	nextID int
+	chans  map[string]map[*standInConn]struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type standInConn struct {
+	id    int
+	ws    *websocket.Conn
+	out   chan outMsg
+	proto bool
+}
+
+type outMsg struct {
+	typ websocket.MessageType
+	b   []byte
+}
+
+func newStandIn(t testing.TB, node string) *standIn {
+	t.Helper()
+	s := &standIn{t: t, node: node, chans: make(map[string]map[*standInConn]struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws/{channel}", s.serveRaw)
+	mux.HandleFunc("GET /ws", s.serveProtocol)
+	s.srv = httptest.NewServer(mux)
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *standIn) url() string { return "ws" + strings.TrimPrefix(s.srv.URL, "http") }
+
+func (s *standIn) close() {
+	s.cancel()
+	s.srv.CloseClientConnections()
+	s.srv.Close()
+	s.wg.Wait()
+}
+
+func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool) *standInConn {
+	if tok := r.Header.Get("Authorization"); tok == "Bearer wrong" {
+		http.Error(w, "forbidden", http.StatusForbidden)
+		return nil
+	}
+	w.Header().Set("X-Relay-Node", s.node)
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	s.nextID++
+	c := &standInConn{id: s.nextID, ws: ws, out: make(chan outMsg, 4096), proto: proto}
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			select {
+			case <-s.ctx.Done():
+				ws.CloseNow()
+				return
+			case m, ok := <-c.out:
+				if !ok {
+					return
+				}
+				if err := ws.Write(s.ctx, m.typ, m.b); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return c
+}
+
+func (s *standIn) join(ch string, c *standInConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.chans[ch] == nil {
+		s.chans[ch] = make(map[*standInConn]struct{})
+	}
+	s.chans[ch][c] = struct{}{}
+}
+
+func (s *standIn) leave(c *standInConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.chans {
+		delete(m, c)
+	}
+}
+
+// publish hands msg to every subscriber of ch but from (unless echo).
+func (s *standIn) publish(ch string, from *standInConn, echo bool, typ websocket.MessageType, msg []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.chans[ch] {
+		if c == from && !echo {
+			continue
+		}
+		msgs := [][]byte{msg}
+		if s.mangle != nil {
+			msgs = s.mangle(c.id, msg)
+		}
+		for _, m := range msgs {
+			b, t := m, typ
+			if c.proto {
+				b, _ = json.Marshal(map[string]any{"channel": ch, "data": string(m)})
+				t = websocket.MessageText
+			}
+			select {
+			case c.out <- outMsg{t, b}:
+			default:
+				c.ws.Close(websocket.StatusTryAgainLater, "slow consumer")
+			}
+		}
+	}
+}
+
+func (s *standIn) serveRaw(w http.ResponseWriter, r *http.Request) {
+	c := s.accept(w, r, false)
+	if c == nil {
+		return
+	}
+	ch, echo := r.PathValue("channel"), r.URL.Query().Get("echo") == "true"
+	s.join(ch, c)
+	defer s.leave(c)
+	for {
+		typ, b, err := c.ws.Read(s.ctx)
+		if err != nil {
+			return
+		}
+		s.publish(ch, c, echo, typ, b)
+	}
+}
+
+func (s *standIn) serveProtocol(w http.ResponseWriter, r *http.Request) {
+	c := s.accept(w, r, true)
+	if c == nil {
+		return
+	}
+	defer s.leave(c)
+	for {
+		_, b, err := c.ws.Read(s.ctx)
+		if err != nil {
+			return
+		}
+		var cmd struct {
+			ID      uint64          `json:"id"`
+			Cmd     string          `json:"cmd"`
+			Channel string          `json:"channel"`
+			Data    json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(b, &cmd); err != nil {
+			c.ws.Close(websocket.StatusUnsupportedData, "bad json")
+			return
+		}
+		switch cmd.Cmd {
+		case "subscribe":
+			s.join(cmd.Channel, c)
+		case "publish":
+			var data string
+			if err := json.Unmarshal(cmd.Data, &data); err == nil {
+				s.publish(cmd.Channel, c, false, websocket.MessageText, []byte(data))
+			}
+		}
+		reply, _ := json.Marshal(map[string]any{"id": cmd.ID, "result": map[string]any{}})
+		if bytes.Contains(cmd.Data, []byte("reject")) {
+			reply, _ = json.Marshal(map[string]any{"id": cmd.ID, "error": map[string]string{"code": "unavailable", "message": "test"}})
+		}
+		select {
+		case c.out <- outMsg{websocket.MessageText, reply}:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
