@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"errors"
 )
 
@@ -61,11 +62,14 @@ func AppendPayload(dst []byte, h Header, size int) []byte {
 	putHex(p[i:i+16], uint64(h.Sent))
 	p[i+16] = ' '
 	i += 17
-	for ; i < size; i++ {
-		p[i] = padByte
+	for i < size {
+		i += copy(p[i:], padding)
 	}
 	return dst
 }
+
+// padding is copied rather than written a byte at a time.
+var padding = string(bytes.Repeat([]byte{padByte}, 256))
 
 func putHex(dst []byte, v uint64) {
 	for i := len(dst) - 1; i >= 0; i-- {

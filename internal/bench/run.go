@@ -345,6 +345,9 @@ func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) erro
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
+	if r.conns.Load() == 0 && cfg.Subscribers > 0 {
+		return errNoSubscribers
+	}
 	if _, err := r.openPublishers(ctx); err != nil {
 		return err
 	}
@@ -400,6 +403,9 @@ func (r *runner) idleRun(ctx context.Context, res *Result, pr *progress) error {
 	r.connectSubs(ctx, 0, 0)
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
+	}
+	if r.conns.Load() == 0 && r.cfg.Subscribers > 0 {
+		return errNoSubscribers
 	}
 	pr.setPhase("hold")
 	if !r.sleepUntil(ctx, r.clk.now()+int64(r.cfg.Duration)) {

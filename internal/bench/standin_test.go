@@ -1,9 +1,9 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -23,9 +23,12 @@ type standIn struct {
 	srv    *httptest.Server
 	node   string
 	mangle func(sub int, msg []byte) [][]byte // nil: deliver as is
+	kick   func(sub int, msg []byte) bool     // true: close sub with 1013 instead
+	reject func(id uint64) bool               // protocol: answer this publish with an error
 
 	mu     sync.Mutex
 	nextID int
+	hosts  map[string]int // accepted connections by client IP
 	chans  map[string]map[*standInConn]struct{}
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -76,6 +79,12 @@ func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool) *st
 		return nil
 	}
 	s.mu.Lock()
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if s.hosts == nil {
+			s.hosts = make(map[string]int)
+		}
+		s.hosts[host]++
+	}
 	s.nextID++
 	c := &standInConn{id: s.nextID, ws: ws, out: make(chan outMsg, 4096), proto: proto}
 	s.mu.Unlock()
@@ -123,6 +132,10 @@ func (s *standIn) publish(ch string, from *standInConn, echo bool, typ websocket
 	defer s.mu.Unlock()
 	for c := range s.chans[ch] {
 		if c == from && !echo {
+			continue
+		}
+		if s.kick != nil && s.kick(c.id, msg) {
+			c.ws.Close(websocket.StatusTryAgainLater, "slow consumer")
 			continue
 		}
 		msgs := [][]byte{msg}
@@ -182,17 +195,19 @@ func (s *standIn) serveProtocol(w http.ResponseWriter, r *http.Request) {
 			c.ws.Close(websocket.StatusUnsupportedData, "bad json")
 			return
 		}
-		switch cmd.Cmd {
-		case "subscribe":
+		rejected := cmd.Cmd == "publish" && s.reject != nil && s.reject(cmd.ID)
+		switch {
+		case rejected:
+		case cmd.Cmd == "subscribe":
 			s.join(cmd.Channel, c)
-		case "publish":
+		case cmd.Cmd == "publish":
 			var data string
 			if err := json.Unmarshal(cmd.Data, &data); err == nil {
 				s.publish(cmd.Channel, c, false, websocket.MessageText, []byte(data))
 			}
 		}
 		reply, _ := json.Marshal(map[string]any{"id": cmd.ID, "result": map[string]any{}})
-		if bytes.Contains(cmd.Data, []byte("reject")) {
+		if rejected {
 			reply, _ = json.Marshal(map[string]any{"id": cmd.ID, "error": map[string]string{"code": "unavailable", "message": "test"}})
 		}
 		select {
@@ -201,4 +216,15 @@ func (s *standIn) serveProtocol(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// remoteHosts counts accepted connections by client IP.
+func (s *standIn) remoteHosts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int)
+	for k, v := range s.hosts {
+		out[k] = v
+	}
+	return out
 }
