@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -57,9 +58,11 @@ type Config struct {
 	Batch         bool   // protocol mode: allow batched pushes
 	Progress      string // auto, on or off
 	Quiet         bool   // no text report, only the JSON line
+	CPUProfile    string // file for the generator's own CPU profile
 }
 
 const usageHead = `usage: relay bench [scenario] [flags]
+       relay bench table [FILE...]   (result lines to a markdown table)
 
 Loads a Relay deployment and reports delivered/s, loss, duplicates,
 reordering, end-to-end latency, publish-ack latency, connection errors and,
@@ -117,6 +120,7 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.BoolVar(&c.Batch, "batch", true, "protocol mode: let the server batch pushes (false adds ?batch=false)")
 	fs.StringVar(&c.Progress, "progress", "auto", "progress once a second on stderr: auto (when a terminal), on, off")
 	fs.BoolVar(&c.Quiet, "q", false, "no text report; only the JSON line on stdout")
+	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -225,7 +229,17 @@ func validChannelRune(r rune) bool {
 // human report and progress to stderr and the final one-line JSON result to
 // stdout, and returns when the run ends, the -timeout passes or ctx is
 // cancelled. -h prints usage and returns flag.ErrHelp.
+//
+// `relay bench table [FILE...]` instead renders result lines as a markdown
+// table (see [Table]).
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "table" {
+		if err := Table(args[1:], stdout); err != nil {
+			fmt.Fprintf(stderr, "relay bench table: %v\n", err)
+			return err
+		}
+		return nil
+	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
@@ -236,6 +250,19 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	progress := cfg.Progress == "on"
 	if cfg.Progress == "auto" {
 		progress = isTerminal(stderr)
+	}
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "relay bench: %v\n", err)
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "relay bench: cpu profile: %v\n", err)
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, err := Run(ctx, cfg, progressWriter(stderr, progress && !cfg.Quiet))
 	if res != nil {
