@@ -34,6 +34,7 @@ type publisher struct {
 	ring    []pending
 	nextID  uint64
 	acked   atomic.Int64
+	lagMax  atomic.Int64 // ns: the furthest behind schedule a tick found it
 	unknown atomic.Int64 // replies whose id is not outstanding
 }
 
@@ -60,6 +61,9 @@ func (p *publisher) run(r *runner, stop <-chan struct{}) {
 			return
 		}
 		due := int64(float64(now-start)/1e9*p.rate) + 1
+		if lag := p.lag(due, now, start); lag > p.lagMax.Load() {
+			p.lagMax.Store(lag)
+		}
 		for _, s := range p.streams {
 			for !s.dead && int64(s.seq) < due {
 				buf = p.publish(r, s, buf)
@@ -71,6 +75,25 @@ func (p *publisher) run(r *runner, stop <-chan struct{}) {
 		case <-t.C:
 		}
 	}
+}
+
+// lag returns how long ago, in ns, the oldest message due at now was due:
+// how far behind schedule writes that block have put the publisher. A tick
+// itself adds up to one tick.
+func (p *publisher) lag(due, now, start int64) int64 {
+	if p.rate <= 0 {
+		return 0
+	}
+	var lag int64
+	for _, s := range p.streams {
+		if s.dead || int64(s.seq) >= due {
+			continue
+		}
+		// Message number seq was due at start + seq/rate.
+		at := start + int64(float64(s.seq)/p.rate*1e9)
+		lag = max(lag, now-at)
+	}
+	return lag
 }
 
 // publish writes the next message of s.

@@ -49,6 +49,7 @@ type Result struct {
 	PublisherSide   int64            `json:"publisher_side_deliveries"` // raw: others' messages on publishers' connections, in window
 	Latency         *Latency         `json:"latency_ms,omitempty"`
 	PublishAck      *Latency         `json:"publish_ack_ms,omitempty"`
+	PublisherLagMax float64          `json:"publisher_lag_max_ms"` // furthest a publisher fell behind schedule (blocked writes)
 	PublishErrors   map[string]int64 `json:"publish_errors,omitempty"`
 	Nodes           map[string]int64 `json:"nodes,omitempty"` // subscribers per X-Relay-Node
 	ConnectErrors   map[string]int64 `json:"connect_errors,omitempty"`
@@ -252,6 +253,9 @@ func (r *runner) collect(res *Result) {
 	}
 	res.Latency = summarize(r.lat.merged())
 	res.PublishAck = summarize(r.ackLat.merged())
+	for _, p := range r.pubs {
+		res.PublisherLagMax = max(res.PublisherLagMax, float64(p.lagMax.Load())/1e6)
+	}
 	res.PublishErrors = nonEmpty(r.pubErrors.snapshot())
 	res.Nodes = nonEmpty(r.nodes.snapshot())
 	res.ConnectErrors = nonEmpty(r.dialErrors.snapshot())
@@ -320,7 +324,7 @@ func (res *Result) WriteText(w io.Writer) {
 	case Fanout, Channels:
 		p("load: %d channel(s), %d publisher(s), %d stream(s), %.0f msg/s target, %d B, %.1f s window after %.1f s warm-up\n",
 			res.Channels, res.Publishers, res.Streams, res.RateTarget, res.Size, res.WindowS, res.WarmupS)
-		p("published: %d (%.1f msg/s)\n", res.Published, res.PublishRate)
+		p("published: %d (%.1f msg/s); publishers at most %s behind schedule\n", res.Published, res.PublishRate, fmtMS(res.PublisherLagMax))
 		p("delivered: %d of %d expected; loss %d (%.3f %%), duplicates %d, out of order %d",
 			res.Delivered, res.Expected, res.Loss, res.LossPct, res.Duplicates, res.Reordered)
 		if res.Foreign > 0 {
