@@ -39,6 +39,7 @@ type Config struct {
 	Publishers  int        // publishing connections (protocol) or owners of streams (raw)
 	Rate        float64    // total messages per second over all publishers
 	Size        int        // message size in bytes, at least HeaderLen
+	Messages    int        // per stream inside the window; 0: as many as the rate gives
 
 	Warmup   time.Duration // publishing before the measurement window
 	Duration time.Duration // measurement window; idle: the hold; connect: storm limit
@@ -104,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.IntVar(&c.Publishers, "publishers", 0, "publishers (default: one per URL; channels scenario: one per channel)")
 	fs.Float64Var(&c.Rate, "rate", 100, "messages per second published, in total over all publishers")
 	fs.IntVar(&c.Size, "size", 128, fmt.Sprintf("message size in bytes (at least %d)", HeaderLen))
+	fs.IntVar(&c.Messages, "messages", 0, "per stream: end the window once each stream sent this many in it (0: run the whole -duration)")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "publishing before the measurement window, not measured")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement window (idle: hold time; connect: longest storm)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "longest wait for in-flight messages after the window")
@@ -190,6 +192,8 @@ func (c *Config) fill() error {
 		return errors.New("-publishers must be >= 0")
 	case c.Rate < 0:
 		return errors.New("-rate must be >= 0")
+	case c.Messages < 0:
+		return errors.New("-messages must be >= 0")
 	case c.Size < HeaderLen:
 		return fmt.Errorf("-size must be at least %d (the payload header)", HeaderLen)
 	case c.Size > 16<<20:

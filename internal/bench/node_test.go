@@ -43,8 +43,8 @@ func TestFanoutRealNodes(t *testing.T) {
 	if res.Nodes["node-1"] != 10 || res.Nodes["node-2"] != 10 {
 		t.Errorf("nodes = %v, want 10 subscribers on each of node-1 and node-2", res.Nodes)
 	}
-	if res.Expected != res.Published*20 {
-		t.Errorf("expected %d, want published %d × 20", res.Expected, res.Published)
+	if res.Published != 2*perStream || res.Expected != res.Published*20 {
+		t.Errorf("published %d, expected %d; want %d, × 20", res.Published, res.Expected, 2*perStream)
 	}
 }
 

@@ -64,10 +64,15 @@ func (p *publisher) run(r *runner, stop <-chan struct{}) {
 		if lag := p.lag(due, now, start); lag > p.lagMax.Load() {
 			p.lagMax.Store(lag)
 		}
+		limit, active := int64(r.cfg.Messages), false
 		for _, s := range p.streams {
-			for !s.dead && int64(s.seq) < due {
+			for !s.dead && int64(s.seq) < due && (limit == 0 || s.sentWin.Load() < limit) {
 				buf = p.publish(r, s, buf)
 			}
+			active = active || !s.dead && (limit == 0 || s.sentWin.Load() < limit)
+		}
+		if !active {
+			return
 		}
 		select {
 		case <-stop:

@@ -221,6 +221,24 @@ func (r *runner) openPublishers(ctx context.Context) (int, error) {
 	return nStreams, nil
 }
 
+// allAcked reports whether every protocol-mode publish has had its reply
+// (always true in raw mode).
+func (r *runner) allAcked() bool {
+	for _, p := range r.pubs {
+		if p.conn == nil {
+			continue
+		}
+		var sent int64
+		for _, s := range p.streams {
+			sent += s.sent.Load()
+		}
+		if p.acked.Load() < sent {
+			return false
+		}
+	}
+	return true
+}
+
 // pubConns returns every publisher connection.
 func (r *runner) pubConns() []*conn {
 	var out []*conn
@@ -367,6 +385,8 @@ func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) erro
 		wg.Go(func() { p.run(r, stop) })
 	}
 	defer func() { close(stop); wg.Wait() }()
+	pubsDone := make(chan struct{})
+	go func() { wg.Wait(); close(pubsDone) }()
 
 	pr.setPhase("warm-up")
 	if !r.sleepUntil(ctx, r.win.start.Load()) {
@@ -374,19 +394,30 @@ func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) erro
 	}
 	before := r.sample()
 	pr.setPhase("measure")
-	if !r.sleepUntil(ctx, r.win.end.Load()) {
+	// The window ends at its planned end or, with -messages, when every
+	// publisher has sent its count, whichever comes first.
+	tm := time.NewTimer(time.Duration(r.win.end.Load() - r.clk.now()))
+	select {
+	case <-ctx.Done():
+		tm.Stop()
 		return context.Cause(ctx)
+	case <-tm.C:
+	case <-pubsDone:
+		tm.Stop()
+		if now := r.clk.now(); now < r.win.end.Load() {
+			r.win.end.Store(now) // nothing is sent any more
+		}
 	}
 	after := r.sample()
-	wg.Wait() // publishers stop at the end of the window
+	<-pubsDone // publishers stop at the end of the window
 
 	// Drain: wait for in-flight messages of the window, or give up.
 	pr.setPhase("drain")
-	_, want := r.expected(subsOn)
 	drainEnd := r.clk.now() + int64(cfg.Drain)
 	for {
+		_, want := r.expected(subsOn) // rejected publishes lower it as replies come
 		_, got, _, _, _ := r.counters()
-		if got >= want || r.clk.now() >= drainEnd {
+		if got >= want && r.allAcked() || r.clk.now() >= drainEnd {
 			break
 		}
 		if !r.sleepUntil(ctx, min(r.clk.now()+int64(20*time.Millisecond), drainEnd)) {
