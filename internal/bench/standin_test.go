@@ -36,10 +36,11 @@ type standIn struct {
 }
 
 type standInConn struct {
-	id    int
-	ws    *websocket.Conn
-	out   chan outMsg
-	proto bool
+	id     int
+	ws     *websocket.Conn
+	out    chan outMsg
+	proto  bool
+	kicked bool // being closed: gets nothing more (guarded by standIn.mu)
 }
 
 type outMsg struct {
@@ -68,14 +69,12 @@ func (s *standIn) close() {
 	s.wg.Wait()
 }
 
-func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool) *standInConn {
+// accept upgrades the request. In raw mode the connection joins channel
+// before the upgrade, as Relay's contract says: once a client has its 101
+// it gets every message published after.
+func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool, channel string) *standInConn {
 	if tok := r.Header.Get("Authorization"); tok == "Bearer wrong" {
 		http.Error(w, "forbidden", http.StatusForbidden)
-		return nil
-	}
-	w.Header().Set("X-Relay-Node", s.node)
-	ws, err := websocket.Accept(w, r, nil)
-	if err != nil {
 		return nil
 	}
 	s.mu.Lock()
@@ -86,7 +85,19 @@ func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool) *st
 		s.hosts[host]++
 	}
 	s.nextID++
-	c := &standInConn{id: s.nextID, ws: ws, out: make(chan outMsg, 4096), proto: proto}
+	c := &standInConn{id: s.nextID, out: make(chan outMsg, 4096), proto: proto}
+	s.mu.Unlock()
+	if channel != "" {
+		s.join(channel, c)
+	}
+	w.Header().Set("X-Relay-Node", s.node)
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		s.leave(c)
+		return nil
+	}
+	s.mu.Lock()
+	c.ws = ws
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
@@ -134,8 +145,12 @@ func (s *standIn) publish(ch string, from *standInConn, echo bool, typ websocket
 		if c == from && !echo {
 			continue
 		}
-		if s.kick != nil && s.kick(c.id, msg) {
-			c.ws.Close(websocket.StatusTryAgainLater, "slow consumer")
+		if c.kicked {
+			continue
+		}
+		if s.kick != nil && s.kick(c.id, msg) && c.ws != nil {
+			c.kicked = true
+			s.wg.Go(func() { c.ws.Close(websocket.StatusTryAgainLater, "slow consumer") })
 			continue
 		}
 		msgs := [][]byte{msg}
@@ -151,19 +166,21 @@ func (s *standIn) publish(ch string, from *standInConn, echo bool, typ websocket
 			select {
 			case c.out <- outMsg{t, b}:
 			default:
-				c.ws.Close(websocket.StatusTryAgainLater, "slow consumer")
+				if c.ws != nil && !c.kicked {
+					c.kicked = true
+					s.wg.Go(func() { c.ws.Close(websocket.StatusTryAgainLater, "slow consumer") })
+				}
 			}
 		}
 	}
 }
 
 func (s *standIn) serveRaw(w http.ResponseWriter, r *http.Request) {
-	c := s.accept(w, r, false)
+	ch, echo := r.PathValue("channel"), r.URL.Query().Get("echo") == "true"
+	c := s.accept(w, r, false, ch)
 	if c == nil {
 		return
 	}
-	ch, echo := r.PathValue("channel"), r.URL.Query().Get("echo") == "true"
-	s.join(ch, c)
 	defer s.leave(c)
 	for {
 		typ, b, err := c.ws.Read(s.ctx)
@@ -175,7 +192,7 @@ func (s *standIn) serveRaw(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *standIn) serveProtocol(w http.ResponseWriter, r *http.Request) {
-	c := s.accept(w, r, true)
+	c := s.accept(w, r, true, "")
 	if c == nil {
 		return
 	}
