@@ -450,7 +450,10 @@ func (p *progress) line() {
 	now := r.clk.now()
 	recv, _, _, _, _ := r.counters()
 	var sent int64
-	for _, pb := range r.pubs {
+	r.mu.Lock()
+	pubs := r.pubs
+	r.mu.Unlock()
+	for _, pb := range pubs {
 		for _, s := range pb.streams {
 			sent += s.sent.Load()
 		}

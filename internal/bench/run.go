@@ -74,6 +74,10 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	if limit > 0 && uint64(need)+64 > limit {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%d connections need more file descriptors than the limit %d", need, limit))
 	}
+	// When the run is cut short, drop every connection at once: a write
+	// blocked on a server that stopped reading returns only then.
+	stopAbort := context.AfterFunc(ctx, r.abortAll)
+	defer stopAbort()
 	pr := newProgress(progress, r)
 	stopProgress := pr.start("connect")
 	var err error
@@ -86,7 +90,7 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 		err = r.connectRun(ctx, res, pr)
 	}
 	pr.setPhase("close")
-	r.closeAll()
+	r.closeAll(ctx.Err() == nil)
 	stopProgress()
 	r.collect(res)
 	if err == nil && ctx.Err() != nil {
@@ -188,7 +192,9 @@ func (r *runner) openPublishers(ctx context.Context) (int, error) {
 		ch, p := s%cfg.Channels, s%cfg.Publishers
 		pubs[p].streams = append(pubs[p].streams, &stream{id: uint32(s), channel: ch})
 	}
+	r.mu.Lock()
 	r.pubs = pubs
+	r.mu.Unlock()
 	open := func(idx, ch int) (*conn, error) {
 		base := cfg.URLs[idx%len(cfg.URLs)]
 		ws, node, err := r.dial(ctx, base, r.channelName(ch))
@@ -205,7 +211,9 @@ func (r *runner) openPublishers(ctx context.Context) (int, error) {
 			if err != nil {
 				return nStreams, err
 			}
+			r.mu.Lock()
 			p.conn = c
+			r.mu.Unlock()
 			go r.readLoop(c, func(line []byte, now int64) { p.ack(r, line, now) })
 			continue
 		}
@@ -214,7 +222,9 @@ func (r *runner) openPublishers(ctx context.Context) (int, error) {
 			if err != nil {
 				return nStreams, err
 			}
+			r.mu.Lock()
 			s.conn = c
+			r.mu.Unlock()
 			go r.readLoop(c, nil)
 		}
 	}
@@ -255,10 +265,22 @@ func (r *runner) pubConns() []*conn {
 	return out
 }
 
-// closeAll closes every connection with 1000, a bounded number at a time,
-// then waits for their read loops. Connections that do not finish the
-// close handshake in time are dropped.
-func (r *runner) closeAll() {
+// abortAll drops every connection without a close handshake.
+func (r *runner) abortAll() {
+	r.mu.Lock()
+	r.closing.Store(true)
+	conns := append(r.pubConns(), r.subs...)
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.ws.CloseNow()
+	}
+}
+
+// closeAll closes every connection, with the close handshake (1000) when
+// graceful, a bounded number at a time, then waits for their read loops.
+// Connections that do not finish the handshake in time are dropped. A run
+// cut short drops them all at once (graceful false).
+func (r *runner) closeAll(graceful bool) {
 	r.mu.Lock()
 	r.closing.Store(true)
 	conns := append(r.pubConns(), r.subs...)
@@ -279,7 +301,7 @@ func (r *runner) closeAll() {
 					return
 				}
 				c := conns[i]
-				if err := c.ws.Close(websocket.StatusNormalClosure, "bench done"); err != nil {
+				if !graceful || c.ws.Close(websocket.StatusNormalClosure, "bench done") != nil {
 					c.ws.CloseNow()
 				}
 				<-c.done

@@ -317,3 +317,20 @@ func TestFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeoutUnblocksWrites loads a server that never reads: the
+// publisher's write blocks once the socket buffers are full, and the
+// -timeout must still end the run.
+func TestTimeoutUnblocksWrites(t *testing.T) {
+	s := newStandIn(t, "a")
+	s.stall = make(chan struct{})
+	defer close(s.stall)
+	res, report, err := runBench(t, "fanout", "-url", s.url(), "-subs", "1", "-publishers", "1",
+		"-rate", "1000000", "-size", "65536", "-warmup", "0s", "-duration", "1h", "-timeout", "1s")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded\n%s", err, report)
+	}
+	if res == nil || res.Aborted == "" {
+		t.Errorf("result %+v: want Aborted", res)
+	}
+}

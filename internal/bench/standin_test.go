@@ -25,6 +25,7 @@ type standIn struct {
 	mangle func(sub int, msg []byte) [][]byte // nil: deliver as is
 	kick   func(sub int, msg []byte) bool     // true: close sub with 1013 instead
 	reject func(id uint64) bool               // protocol: answer this publish with an error
+	stall  chan struct{}                      // raw: when set, readers wait for it to close before reading
 
 	mu     sync.Mutex
 	nextID int
@@ -182,6 +183,13 @@ func (s *standIn) serveRaw(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.leave(c)
+	if s.stall != nil {
+		select {
+		case <-s.stall:
+		case <-s.ctx.Done():
+			return
+		}
+	}
 	for {
 		typ, b, err := c.ws.Read(s.ctx)
 		if err != nil {
