@@ -149,8 +149,9 @@ func (c *conn) closeLocked(cause error) {
 }
 
 // writeLoop sends the queue in batches, each batch with one write to the
-// socket, until the queue is empty; then it exits. When a close is due it
-// sends (or drops) what is queued, closes the WebSocket and exits.
+// socket and at least WriteDelay apart, until the queue is empty; then it
+// exits. When a close is due it sends (or drops) what is queued, closes the
+// WebSocket and exits.
 func (c *conn) writeLoop() {
 	defer c.writers.Done()
 	for {
@@ -181,6 +182,10 @@ func (c *conn) writeLoop() {
 			c.mu.Lock()
 			c.spare = batch[:0]
 			c.mu.Unlock()
+			if d := c.n.cfg.WriteDelay; d > 0 {
+				// Let what arrives meanwhile share the next write.
+				time.Sleep(d)
+			}
 			continue
 		}
 		if ce != nil && ce.code != websocket.StatusAbnormalClosure {
