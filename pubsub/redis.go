@@ -50,8 +50,11 @@ type RedisConfig struct {
 	// between the loss and the call may never have been delivered: the
 	// caller can tell the channels' subscribers so, and they can recover
 	// from history. It gets the channels that were live before the loss
-	// (without Prefix), runs on a broker goroutine and must not block or
-	// call into the broker. Stats.Resubscribes counts the calls, set or not.
+	// (without Prefix), runs on the shard's receive goroutine and must not
+	// block or call into the broker, except Health and Stats. A gap is
+	// reported once, when the new connection is live, however many
+	// connection attempts it took. Stats.Resubscribes counts the gaps, set
+	// or not.
 	OnGap func(channels []string) `ignored:"true"`
 }
 
@@ -325,14 +328,18 @@ func (b *Redis) pipeline(int) {
 				}
 			}
 			r.err = rerr
-			r.done <- struct{}{} // r belongs to its publisher from here on
 		}
+		// Counted before any publisher returns, so that a caller reading
+		// Stats after Publish sees its message.
 		b.stats.pipelines.Add(1)
 		b.stats.published.Add(ok)
 		b.stats.publishErrors.Add(failed)
 		b.pubMu.Lock()
 		b.pubErr = firstErr
 		b.pubMu.Unlock()
+		for _, r := range batch {
+			r.done <- struct{}{} // r belongs to its publisher from here on
+		}
 	}
 }
 
