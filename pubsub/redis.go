@@ -346,7 +346,8 @@ func (b *Redis) pipeline(int) {
 // Subscribe registers h for channel; it returns once Redis confirmed the
 // node's subscription of the channel. While a subscriber connection is
 // being replaced, it waits for the new one, up to the configured Timeout;
-// while Redis cannot be reached, it fails at once with ErrUnavailable.
+// while Redis cannot be reached, it makes the shard try at once and fails
+// with ErrUnavailable when that attempt fails.
 func (b *Redis) Subscribe(ctx context.Context, channel string, h Handler) (func(), error) {
 	select {
 	case <-b.closing:
@@ -358,10 +359,7 @@ func (b *Redis) Subscribe(ctx context.Context, channel string, h Handler) (func(
 	}
 	sh := b.shards[shardOf(channel, len(b.shards))]
 	sub := &redisSub{h: h}
-	rc, down, err := sh.add(channel, sub)
-	if err != nil {
-		return nil, fmt.Errorf("subscribe %q: %w: %w", channel, ErrUnavailable, err)
-	}
+	rc, down := sh.add(channel, sub)
 	stop := sync.OnceFunc(func() { sh.remove(channel, sub) })
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
@@ -640,12 +638,12 @@ func (sh *shard) lastErr() error {
 // add registers sub for channel. When the channel is new on the shard, it
 // sends SUBSCRIBE, or leaves that to the next connection. It returns the
 // channel closed when the next connection attempt fails.
-func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}, error) {
+func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if rc := sh.chans[channel]; rc != nil {
 		rc.subs = append(rc.subs, sub)
-		return rc, sh.downc, nil
+		return rc, sh.downc
 	}
 	rc := &redisChan{subs: []*redisSub{sub}, need: 1, ready: make(chan struct{})}
 	sh.chans[channel] = rc
@@ -656,7 +654,7 @@ func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}
 		case sh.retry <- struct{}{}:
 		default:
 		}
-		return rc, sh.downc, nil
+		return rc, sh.downc
 	}
 	sh.pending[channel]++
 	rc.need = sh.pending[channel]
@@ -667,7 +665,7 @@ func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}
 		// the caller waits for the next connection to subscribe it.
 		sh.breakLocked(fmt.Errorf("subscribe: %w", err), false)
 	}
-	return rc, sh.downc, nil
+	return rc, sh.downc
 }
 
 func (sh *shard) unpend(channel string) {

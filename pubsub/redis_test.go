@@ -190,6 +190,7 @@ func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
 	var self atomic.Pointer[pubsub.Redis]
 	cfg := probing(redisConfig(r))
 	cfg.URL = p.URL()
+	cfg.Timeout = 20 * time.Second // a Subscribe below waits out a teardown
 	cfg.OnGap = func(channels []string) {
 		// The shard is live again but no probe has proved it yet.
 		gaps <- gap{channels, self.Load().Health()}
@@ -220,6 +221,9 @@ func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
 	if n := p.FreezeSubscribers(); n != cfg.Subscribers {
 		t.Fatalf("FreezeSubscribers() = %d, want the broker's %d subscriber connections", n, cfg.Subscribers)
 	}
+	// A Subscribe on a frozen connection is confirmed by its replacement.
+	late := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "late", late.Handle)
 	// Each shard reports its gap once it resubscribed on a new connection.
 	gapped := map[string]bool{}
 	for len(gapped) < len(channels) {
@@ -256,8 +260,11 @@ func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
 
 	// Delivery resumes on the new connections, and no probe ever reached a
 	// handler: each got exactly what was published to it.
-	for _, ch := range channels {
+	for _, ch := range append(channels, "late") {
 		pubsubtest.Publish(t, pub, ch, "after")
+	}
+	if got := payloadsOf(late.WaitN(t, 1)); len(got) != 1 || got[0] != "after" {
+		t.Errorf("late received %q, want [after]", got)
 	}
 	for _, ch := range channels {
 		got := recs[ch].WaitN(t, 2)
