@@ -23,9 +23,11 @@ func redisConfig(r *testenv.Redis) pubsub.RedisConfig {
 }
 
 // probing shortens the probe period so that fault tests see probes act.
+// The timeout leaves a loaded machine running -race ample margin: a probe
+// that is merely slow must not tear a healthy connection down mid-test.
 func probing(cfg pubsub.RedisConfig) pubsub.RedisConfig {
 	cfg.ProbeInterval = 100 * time.Millisecond
-	cfg.ProbeTimeout = 300 * time.Millisecond
+	cfg.ProbeTimeout = time.Second
 	return cfg
 }
 
