@@ -764,13 +764,9 @@ func (sh *shard) run() {
 				outage = true
 				log.Warn("redis subscriber connection failed", "shard", sh.idx, "err", err)
 			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-sh.retry:
-				t.Stop()
-			case <-sh.b.closing:
-				t.Stop()
+			// A waiting Subscribe cuts the backoff short, but attempts
+			// stay minBackoff apart however many come.
+			if !sh.wait(minBackoff, nil) || !sh.wait(backoff-minBackoff, sh.retry) {
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -797,6 +793,20 @@ func (sh *shard) run() {
 		}
 		outage = true
 	}
+}
+
+// wait waits for d to pass or a value on cut, and reports false if the
+// broker closed first.
+func (sh *shard) wait(d time.Duration, cut <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-cut:
+	case <-sh.b.closing:
+		return false
+	}
+	return true
 }
 
 func (sh *shard) closed() bool {
