@@ -313,6 +313,25 @@ func TestRedisPublishErrors(t *testing.T) {
 	}
 }
 
+// TestRedisProbeChannels shows the probe channel of each shard in Redis,
+// named after the configured Instance.
+func TestRedisProbeChannels(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cfg := redisConfig(r)
+	cfg.Instance = "node-a"
+	b := newRedis(t, cfg)
+	testenv.WaitFor(t, 20*time.Second, "healthy", func() bool { return b.Health() == nil })
+	want := []string{"relay:__relay_probe:node-a:0", "relay:__relay_probe:node-a:1"}
+	for ch, n := range r.NumSub(t, want...) {
+		if n != 1 {
+			t.Errorf("NUMSUB %s = %d, want 1", ch, n)
+		}
+	}
+	r.Stop()
+	testenv.WaitFor(t, 20*time.Second, "unhealthy", func() bool { return b.Health() != nil })
+	t.Logf("Health() with Redis down = %v", b.Health())
+}
+
 func TestRedisProbeChannelsReserved(t *testing.T) {
 	r := testenv.StartRedis(t)
 	b := newRedis(t, redisConfig(r))
