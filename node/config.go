@@ -36,6 +36,22 @@ type Config struct {
 	// WriteTimeout bounds one write to a client; a client that takes longer
 	// to accept data is disconnected.
 	WriteTimeout time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"a write to a client blocked longer than this closes the connection"`
+
+	// Protocol mode (GET /ws, docs/PROTOCOL.md). For each limit, zero means
+	// none.
+
+	// ProtoMaxChannels bounds the channels one connection subscribes to; a
+	// subscribe beyond gets limit_exceeded.
+	ProtoMaxChannels int `envconfig:"PROTO_MAX_CHANNELS" default:"128" desc:"protocol mode: channels one connection may subscribe to; more gets limit_exceeded; 0 = no limit"`
+	// ProtoCommandRate and ProtoCommandBurst are a token bucket of commands
+	// per connection: ProtoCommandRate per second, up to ProtoCommandBurst
+	// at once; a command beyond gets limit_exceeded.
+	ProtoCommandRate  float64 `envconfig:"PROTO_COMMAND_RATE" default:"100" desc:"protocol mode: commands per second one connection may send on average; more get limit_exceeded; 0 = no limit"`
+	ProtoCommandBurst int     `envconfig:"PROTO_COMMAND_BURST" default:"200" desc:"protocol mode: commands one connection may send at once above RELAY_PROTO_COMMAND_RATE"`
+	// ProtoMaxErrors client errors within ProtoErrorWindow close the
+	// connection with 1008.
+	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many error replies within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
+	ProtoErrorWindow time.Duration `envconfig:"PROTO_ERROR_WINDOW" default:"10s" desc:"protocol mode: the window of RELAY_PROTO_MAX_ERRORS"`
 }
 
 // Validate reports the first invalid field, naming its variable.
@@ -58,6 +74,21 @@ func (c *Config) Validate() error {
 	}
 	if c.WriteTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("RELAY_WRITE_TIMEOUT: %v; want a positive duration such as 10s", c.WriteTimeout))
+	}
+	if c.ProtoMaxChannels < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_MAX_CHANNELS: %d; want 0 (no limit) or more", c.ProtoMaxChannels))
+	}
+	if c.ProtoCommandRate < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_COMMAND_RATE: %v; want 0 (no limit) or a positive rate per second", c.ProtoCommandRate))
+	}
+	if c.ProtoCommandRate > 0 && c.ProtoCommandBurst < 1 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_COMMAND_BURST: %d; want at least 1 when RELAY_PROTO_COMMAND_RATE is set", c.ProtoCommandBurst))
+	}
+	if c.ProtoMaxErrors < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_MAX_ERRORS: %d; want 0 (never close) or more", c.ProtoMaxErrors))
+	}
+	if c.ProtoMaxErrors > 0 && c.ProtoErrorWindow <= 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_ERROR_WINDOW: %v; want a positive duration such as 10s when RELAY_PROTO_MAX_ERRORS is set", c.ProtoErrorWindow))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

@@ -59,6 +59,9 @@ const (
 	modeEcho mode = "echo"
 )
 
+// modeProto is protocol mode (docs/PROTOCOL.md; proto.go).
+const modeProto mode = "proto"
+
 // conn is one client connection.
 //
 // Goroutines: one reader (readLoop) for the connection's life, and a writer
@@ -73,6 +76,9 @@ type conn struct {
 	echo    bool   // deliver the connection's own publishes back to it
 	remote  string
 	opened  time.Time
+
+	// proto is protocol mode's state; nil in other modes.
+	proto *protoConn
 
 	ws *websocket.Conn
 	nc *corkConn
@@ -186,8 +192,12 @@ func (c *conn) writeLoop() {
 // a few, for a large batch), within the write timeout.
 func (c *conn) writeBatch(batch []*frame) error {
 	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
-	for _, f := range batch {
-		if err := c.ws.Write(context.Background(), f.typ, f.data); err != nil {
+	var j joiner // protocol mode joins pushes: proto.go
+	defer j.release()
+	for len(batch) > 0 {
+		typ, data, n := j.next(c, batch)
+		batch = batch[n:]
+		if err := c.ws.Write(context.Background(), typ, data); err != nil {
 			c.nc.uncork()
 			return err
 		}
