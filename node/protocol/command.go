@@ -51,7 +51,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b, &fields); err != nil {
 		var se *json.SyntaxError
 		if errors.As(err, &se) {
-			return cmd, badRequest(fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, se.Error()))
+			return cmd, badRequest("invalid JSON: " + se.Error())
 		}
 		return cmd, badRequest("command must be a JSON object")
 	}
