@@ -84,22 +84,21 @@ func (n *Node) readProto(c *conn) error {
 			return err
 		}
 		now := time.Now()
+		allowed := p.bucket.allow(now) // every frame takes a token
 		var cmd protocol.Command
 		var perr *protocol.Error
-		switch {
-		case typ != websocket.MessageText:
+		if typ != websocket.MessageText {
 			perr = &protocol.Error{Code: protocol.CodeBadRequest,
 				Message: "binary frame: send each command as JSON in a text frame"}
-		default:
-			cmd, err = protocol.DecodeCommand(data)
-			if err != nil {
-				perr = err.(*protocol.Error)
-			} else if !p.bucket.allow(now) {
-				perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
-					"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
-			} else {
-				perr = n.runCommand(c, cmd)
+		} else if cmd, err = protocol.DecodeCommand(data); err != nil {
+			if !errors.As(err, &perr) {
+				perr = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
 			}
+		} else if !allowed {
+			perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
+				"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
+		} else {
+			perr = n.runCommand(c, cmd)
 		}
 		if perr == nil {
 			if cmd.ID != nil {

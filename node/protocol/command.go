@@ -133,11 +133,24 @@ func compact(raw json.RawMessage) json.RawMessage {
 	return buf.Bytes()
 }
 
-// hasSpace reports whether b has a byte JSON counts as whitespace; inside a
-// valid JSON string a raw one is impossible except a space.
+// hasSpace reports whether the valid JSON text b has whitespace outside
+// its strings.
 func hasSpace(b []byte) bool {
-	for _, c := range b {
+	inString := false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch c {
+			case '\\':
+				i++ // the escaped byte
+			case '"':
+				inString = false
+			}
+			continue
+		}
 		switch c {
+		case '"':
+			inString = true
 		case ' ', '\t', '\n', '\r':
 			return true
 		}

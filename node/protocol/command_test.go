@@ -118,6 +118,9 @@ func TestAppendPush(t *testing.T) {
 	}{
 		{`{"text":"hi"}`, false, `{"channel":"news","data":{"text":"hi"}}`},
 		{"{ \"a\" :\n [1, 2] }", false, `{"channel":"news","data":{"a":[1,2]}}`},
+		{`{"a": "x y", "b": "q\" \\"}`, false, `{"channel":"news","data":{"a":"x y","b":"q\" \\"}}`},
+		{` true `, false, `{"channel":"news","data":true}`},
+		{`tru`, false, `{"channel":"news","data":"tru"}`},
 		{`42`, false, `{"channel":"news","data":42}`},
 		{`"quoted"`, false, `{"channel":"news","data":"quoted"}`},
 		{`null`, false, `{"channel":"news","data":null}`},
@@ -234,6 +237,45 @@ func FuzzDecodeCommand(f *testing.F) {
 		again, err := protocol.DecodeCommand(enc)
 		if err != nil || !sameCommand(again, cmd) {
 			t.Fatalf("DecodeCommand(%q) = %+v; encoded %q decodes to %+v, %v", in, show(cmd), enc, show(again), err)
+		}
+	})
+}
+
+// FuzzAppendPush: any payload becomes one line of valid JSON whose data is
+// the payload: as is when it is JSON, else as a string or base64.
+func FuzzAppendPush(f *testing.F) {
+	for _, s := range []string{`{"a": [1, "x y"]}`, "plain", "\xff\x00", ` "s" `, `-`, `nul`} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	f.Fuzz(func(t *testing.T, payload []byte, binary bool) {
+		push := protocol.AppendPush(nil, "c", payload, binary)
+		if !json.Valid(push) || bytes.ContainsAny(push, "\n\r") {
+			t.Fatalf("AppendPush(%q) = %q, not one line of JSON", payload, push)
+		}
+		var p protocol.Push
+		if err := json.Unmarshal(push, &p); err != nil || p.Channel != "c" || p.Binary != binary {
+			t.Fatalf("AppendPush(%q) = %q decodes to %+v, %v", payload, push, p, err)
+		}
+		var want bytes.Buffer
+		switch {
+		case binary:
+			var b []byte
+			if json.Unmarshal(p.Data, &b) != nil || !bytes.Equal(b, payload) {
+				t.Fatalf("AppendPush(%q, binary) data %s", payload, p.Data)
+			}
+		case json.Compact(&want, payload) == nil:
+			if !bytes.Equal(p.Data, want.Bytes()) {
+				t.Fatalf("AppendPush(%q) data %s, want %s", payload, p.Data, want.Bytes())
+			}
+		default:
+			// As encoding/json: each invalid byte becomes U+FFFD.
+			ref, _ := json.Marshal(string(payload))
+			var s, w string
+			json.Unmarshal(ref, &w)
+			if json.Unmarshal(p.Data, &s) != nil || s != w {
+				t.Fatalf("AppendPush(%q) data %s, want the text as a string %s", payload, p.Data, ref)
+			}
 		}
 	})
 }

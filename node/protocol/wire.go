@@ -74,7 +74,7 @@ func AppendPush(dst []byte, channel string, payload []byte, binary bool) []byte 
 		dst = base64.StdEncoding.AppendEncode(dst, payload)
 		dst = append(dst, `","binary":true}`...)
 		return dst
-	case json.Valid(payload):
+	case mayBeJSON(payload) && json.Valid(payload):
 		dst = append(dst, compact(payload)...)
 	default:
 		dst = AppendString(dst, string(payload))
@@ -90,6 +90,22 @@ func PushSize(channel string, payload []byte, binary bool) int {
 		return n + base64.StdEncoding.EncodedLen(len(payload))
 	}
 	return n + len(payload)
+}
+
+// mayBeJSON reports whether b could be a JSON text: its first byte that is
+// not whitespace can start a JSON value. It spares json.Valid (and its
+// allocations on failure) for most plain text.
+func mayBeJSON(b []byte) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		case '{', '[', '"', '-', 't', 'f', 'n', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			return true
+		}
+		return false
+	}
+	return false
 }
 
 // AppendString appends s to dst as a JSON string. It escapes '"', '\\' and
