@@ -232,6 +232,8 @@ func TestProtoPublishRedisDown(t *testing.T) {
 	p.do(`{"id":3,"cmd":"publish","channel":"x","data":"lost?"}`,
 		`{"id":3,"error":{"code":"unavailable","message":"the broker is unavailable, try again later"}}`)
 	p.do(`{"id":4,"cmd":"ping"}`, `{"id":4,"result":{}}`)
+	p.do(`{"id":"y","cmd":"subscribe","channel":"y"}`,
+		`{"id":"y","error":{"code":"unavailable","message":"the broker is unavailable, try again later"}}`)
 
 	r.Start()
 	testenv.WaitFor(t, 20*time.Second, "Redis back for both nodes", func() bool {
@@ -243,6 +245,27 @@ func TestProtoPublishRedisDown(t *testing.T) {
 	// The unacknowledged publish was not delivered; the next push is the
 	// acknowledged one.
 	s.expect(`{"channel":"x","data":"after"}`)
+	// The failed subscribe left no subscription behind: subscribing works.
+	p.subscribe(6, "y")
+}
+
+// TestProtoPlainRedisPublish: a PUBLISH from any Redis client reaches
+// protocol-mode subscribers: valid JSON as its value, other UTF-8 text as a
+// string, anything else as base64.
+func TestProtoPlainRedisPublish(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := cluster(t, r, 2)
+	p := dialProto(t, nodes[1].WS+"/ws")
+	p.subscribe(1, "ext")
+	rc := r.Client(t)
+	for _, payload := range []string{`{"from": "redis-cli"}`, "hello", "\xff\x00"} {
+		if err := rc.Publish(context.Background(), "relay:ext", payload).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.expect(`{"channel":"ext","data":{"from":"redis-cli"}}`)
+	p.expect(`{"channel":"ext","data":"hello"}`)
+	p.expect(`{"channel":"ext","data":"/wA=","binary":true}`)
 }
 
 // TestProtoBadInput: each bad command gets its documented error, with the
