@@ -124,13 +124,12 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 			return &protocol.Error{Code: protocol.CodeAlreadySubscribed,
 				Message: fmt.Sprintf("already subscribed to %q", cmd.Channel)}
 		}
-		if max := n.cfg.ProtoMaxChannels; max > 0 && len(p.subs) >= max {
+		if limit := n.cfg.ProtoMaxChannels; limit > 0 && len(p.subs) >= limit {
 			return &protocol.Error{Code: protocol.CodeLimitExceeded,
-				Message: fmt.Sprintf("at most %d channels per connection", max)}
+				Message: fmt.Sprintf("at most %d channels per connection", limit)}
 		}
 		if err := n.hub.subscribe(n.ctx, cmd.Channel, c); err != nil {
-			n.log.Warn("subscribe failed", "conn", c.id, "channel", cmd.Channel, "err", err)
-			return brokerError(err)
+			return n.brokerError(c, "subscribe failed", cmd.Channel, err)
 		}
 		p.subs[cmd.Channel] = struct{}{}
 		return nil
@@ -150,8 +149,7 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 			Payload: cmd.Data,
 		}
 		if err := n.broker.Publish(n.ctx, cmd.Channel, m); err != nil {
-			n.log.Warn("publish failed", "conn", c.id, "channel", cmd.Channel, "err", err)
-			return brokerError(err)
+			return n.brokerError(c, "publish failed", cmd.Channel, err)
 		}
 		return nil
 	}
@@ -160,13 +158,18 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	return &protocol.Error{Code: protocol.CodeInternal, Message: "internal error"}
 }
 
-// brokerError is the error reply of a failed publish or subscribe: the
-// broker cannot be reached, or the node is shutting down; either way the
-// client may retry, on this node or another.
-func brokerError(err error) *protocol.Error {
+// brokerError is the error reply of a failed publish or subscribe. When
+// the broker cannot be reached or the node is shutting down, it is
+// unavailable: the client may retry, here or on another node; that is
+// logged at debug level only, since a Redis outage is the broker's to
+// report, not once per command of every client. Anything else is internal
+// and logged as an error.
+func (n *Node) brokerError(c *conn, msg, channel string, err error) *protocol.Error {
 	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
+		n.log.Debug(msg, "conn", c.id, "channel", channel, "err", err)
 		return &protocol.Error{Code: protocol.CodeUnavailable, Message: "the broker is unavailable, try again later"}
 	}
+	n.log.Error(msg, "conn", c.id, "channel", channel, "err", err)
 	return &protocol.Error{Code: protocol.CodeInternal, Message: "internal error"}
 }
 

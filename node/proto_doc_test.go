@@ -3,9 +3,12 @@ package node_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -21,9 +25,13 @@ const protocolDoc = "../docs/PROTOCOL.md"
 
 // docSession is one ```session block of PROTOCOL.md.
 type docSession struct {
-	line  int // of the opening fence
+	line  int    // of the opening fence
+	token string // the node requires this token; "" for none
 	steps []docStep
 }
+
+// authFlag is websocat's flag that sends a token.
+var authFlag = regexp.MustCompile(`-H '(?:Authorization: Bearer )([^']+)'`)
 
 type docStep struct {
 	line     int
@@ -31,6 +39,8 @@ type docStep struct {
 	kind     byte   // '$' connect, '>' send, '<' expect, '!' expect close
 	text     string // URL for '$'
 	strip    bool   // '$': --linemode-strip-newlines
+	binary   bool   // '$': --binary
+	token    string // '$': -H 'Authorization: Bearer TOKEN'
 }
 
 // parseSessions reads the session blocks of the markdown file at path.
@@ -57,17 +67,26 @@ func parseSessions(t *testing.T, path string) []docSession {
 		case strings.HasPrefix(line, "# terminal "):
 			terminal = strings.TrimPrefix(line, "# terminal ")
 		case strings.HasPrefix(line, "$ websocat "):
-			args := strings.Fields(strings.TrimPrefix(line, "$ websocat "))
+			args := strings.TrimPrefix(line, "$ websocat ")
 			step := docStep{line: n, terminal: terminal, kind: '$'}
-			for _, a := range args {
+			if m := authFlag.FindStringSubmatch(args); m != nil {
+				step.token = m[1]
+				args = strings.Replace(args, m[0], "", 1)
+			}
+			for _, a := range strings.Fields(args) {
 				switch {
 				case a == "--linemode-strip-newlines":
 					step.strip = true
+				case a == "--binary":
+					step.binary = true
 				case strings.HasPrefix(a, "ws://"):
 					step.text = strings.Trim(a, "'")
 				default:
 					t.Fatalf("%s:%d: websocat flag %q unknown to the test", path, n, a)
 				}
+			}
+			if step.token != "" {
+				cur.token = step.token
 			}
 			cur.steps = append(cur.steps, step)
 		case strings.HasPrefix(line, "> "), strings.HasPrefix(line, "< "), strings.HasPrefix(line, "! "):
@@ -89,6 +108,7 @@ func parseSessions(t *testing.T, path string) []docSession {
 type docTerminal struct {
 	ws      *websocket.Conn
 	strip   bool
+	binary  bool
 	proto   bool
 	pending []string
 	closed  bool // by the node, as the session shows
@@ -110,6 +130,9 @@ func TestProtocolDoc(t *testing.T) {
 			cfg.ProtoCommandRate, cfg.ProtoCommandBurst = 100, 200 // a session sends far fewer than 200
 			cfg.ProtoMaxErrors = 10
 			cfg.ProtoErrorWindow = time.Hour // 10 s documented; no timing in tests
+			if s.token != "" {
+				cfg.AuthTokens = node.Secrets{s.token}
+			}
 			srv := nodetest.Start(t, cfg, pubsub.NewMemory())
 			terms := map[string]*docTerminal{}
 			for _, st := range s.steps {
@@ -125,17 +148,31 @@ func TestProtocolDoc(t *testing.T) {
 						t.Fatalf("%s: URL %q, want ws://localhost:8080/...", where, st.text)
 					}
 					path, _, _ := strings.Cut(url, "?")
+					var h http.Header
+					if st.token != "" {
+						h = http.Header{"Authorization": {"Bearer " + st.token}}
+					}
 					terms[st.terminal] = &docTerminal{
-						ws:    nodetest.Dial(t, srv.WS+url, nil),
-						strip: st.strip,
-						proto: path == "/ws",
+						ws:     nodetest.Dial(t, srv.WS+url, h),
+						strip:  st.strip,
+						binary: st.binary,
+						proto:  path == "/ws",
 					}
 				case '>':
 					msg := st.text
 					if !term.strip {
 						msg += "\n" // websocat sends the line with its newline
 					}
-					nodetest.Write(t, term.ws, msg)
+					typ := websocket.MessageText
+					if term.binary {
+						typ = websocket.MessageBinary
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+					err := term.ws.Write(ctx, typ, []byte(msg))
+					cancel()
+					if err != nil {
+						t.Fatalf("%s: write: %v", where, err)
+					}
 				case '<':
 					got := term.next(t)
 					if normalize(got) != normalize(st.text) {

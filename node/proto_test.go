@@ -481,3 +481,34 @@ func TestProtoQueryFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestProtoConfig: invalid protocol-mode limits fail node.New with a
+// message that names the variable; zero means no limit.
+func TestProtoConfig(t *testing.T) {
+	tests := []struct {
+		edit func(*node.Config)
+		want string // "" for valid
+	}{
+		{func(c *node.Config) {}, ""},
+		{func(c *node.Config) { c.ProtoMaxChannels = -1 }, "RELAY_PROTO_MAX_CHANNELS"},
+		{func(c *node.Config) { c.ProtoCommandRate = -1 }, "RELAY_PROTO_COMMAND_RATE"},
+		{func(c *node.Config) { c.ProtoCommandRate, c.ProtoCommandBurst = 10, 0 }, "RELAY_PROTO_COMMAND_BURST"},
+		{func(c *node.Config) { c.ProtoMaxErrors = -1 }, "RELAY_PROTO_MAX_ERRORS"},
+		{func(c *node.Config) { c.ProtoMaxErrors, c.ProtoErrorWindow = 5, 0 }, "RELAY_PROTO_ERROR_WINDOW"},
+		{func(c *node.Config) {
+			c.ProtoMaxChannels, c.ProtoCommandRate, c.ProtoCommandBurst = 128, 100, 200
+			c.ProtoMaxErrors, c.ProtoErrorWindow = 10, 10*time.Second
+		}, ""},
+	}
+	for _, tt := range tests {
+		cfg := nodetest.Config()
+		tt.edit(&cfg)
+		_, err := node.New(cfg, pubsub.NewMemory(), nil)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("node.New(%+v) = %v, want no error", cfg, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("node.New(%+v) = %v, want an error naming %s", cfg, err, tt.want)
+		}
+	}
+}
