@@ -182,6 +182,17 @@ func BenchmarkAppendPush(b *testing.B) {
 	}
 }
 
+func BenchmarkDecodeCommand(b *testing.B) {
+	in := []byte(`{"id":42,"cmd":"publish","channel":"chat:lobby","data":{"user":"ada","text":"hello, world","n":12345}}`)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if _, err := protocol.DecodeCommand(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // FuzzDecodeCommand: the decoder never panics; it returns either a valid
 // command that encodes and decodes to itself, or a *protocol.Error with a
 // known code and an id that is a JSON number or string.
