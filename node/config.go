@@ -50,7 +50,7 @@ type Config struct {
 	ProtoCommandBurst int     `envconfig:"PROTO_COMMAND_BURST" default:"200" desc:"protocol mode: commands one connection may send at once above RELAY_PROTO_COMMAND_RATE"`
 	// ProtoMaxErrors client errors within ProtoErrorWindow close the
 	// connection with 1008.
-	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many error replies within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
+	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many client errors (bad or refused commands) within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
 	ProtoErrorWindow time.Duration `envconfig:"PROTO_ERROR_WINDOW" default:"10s" desc:"protocol mode: the window of RELAY_PROTO_MAX_ERRORS"`
 }
 
