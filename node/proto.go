@@ -51,8 +51,8 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
-	batch := true
-	if r.URL.Query().Has("batch") {
+	batch := true // absent or empty: the default
+	if r.URL.Query().Get("batch") != "" {
 		if batch, err = queryBool(r, "batch"); err != nil {
 			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 			return
