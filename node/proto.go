@@ -142,6 +142,8 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		n.hub.unsubscribe(cmd.Channel, c)
 		return nil
 	case protocol.CmdPublish:
+		// cmd.Data aliases the frame ws.Read returned, a fresh buffer that
+		// nothing else uses: the broker may own it.
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,11 @@ func TestDecodeCommand(t *testing.T) {
 		{`{"id":-1.5e3,"cmd":"ping"}`, protocol.Command{ID: raw(`-1.5e3`), Cmd: "ping"}, ""},
 		{` { "cmd" : "ping" , "channel" : 5 , "extra" : [] } `, protocol.Command{Cmd: "ping"}, ""},
 		{`{"cmd":"ping","cmd":"ping"}`, protocol.Command{Cmd: "ping"}, ""},
+		{`{"cmd":"jump","cmd":"ping"}`, protocol.Command{Cmd: "ping"}, ""},
+		{`{"\u0063md":"p\u0069ng","i\u0064":7}`, protocol.Command{ID: raw(`7`), Cmd: "ping"}, ""},
+		{`{"cmd":"publish","channel":"n\/x","data":{"a":[{"b":"]}"},"}"]}}`, protocol.Command{Cmd: "publish", Channel: "n/x", Data: raw(`{"a":[{"b":"]}"},"}"]}`)}, ""},
+		{`{"cmd":"publish","data":-1.5e-3,"channel":"n","id":"\"q\""}`, protocol.Command{ID: raw(`"\"q\""`), Cmd: "publish", Channel: "n", Data: raw(`-1.5e-3`)}, ""},
+		{`{"x":{"cmd":"jump"},"cmd":"ping","y":["cmd"]}`, protocol.Command{Cmd: "ping"}, ""},
 
 		// Bad requests: not JSON, not an object, missing or mistyped fields.
 		{`{"id":1,"cmd":`, protocol.Command{}, protocol.CodeBadRequest},
@@ -67,6 +73,9 @@ func TestDecodeCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
 			got, err := protocol.DecodeCommand([]byte(tt.in))
+			if ref, refErr := protocol.DecodeReference([]byte(tt.in)); !sameCommand(got, ref) || fmt.Sprint(err) != fmt.Sprint(refErr) {
+				t.Errorf("DecodeCommand(%q) = %+v, %v; reference decoder: %+v, %v", tt.in, show(got), err, show(ref), refErr)
+			}
 			code := protocol.Code("")
 			if err != nil {
 				var pe *protocol.Error
@@ -210,6 +219,11 @@ func FuzzDecodeCommand(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		cmd, err := protocol.DecodeCommand(in)
+		// The fast decoder agrees with the encoding/json one.
+		ref, refErr := protocol.DecodeReference(in)
+		if !sameCommand(cmd, ref) || fmt.Sprint(err) != fmt.Sprint(refErr) {
+			t.Fatalf("DecodeCommand(%q) = %+v, %v; reference decoder: %+v, %v", in, show(cmd), err, show(ref), refErr)
+		}
 		if cmd.ID != nil && (!json.Valid(cmd.ID) || !strings.ContainsRune(`"-0123456789`, rune(cmd.ID[0]))) {
 			t.Fatalf("DecodeCommand(%q) id %q is not a JSON number or string", in, cmd.ID)
 		}
