@@ -48,7 +48,10 @@ var (
 	errSlowConsumer   = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
 	errWriteTimeout   = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
 	errBrokerDown     = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
-	errServerShutdown = &closeError{protocol.CloseGoingAway, "server shutting down", true}
+	errDraining       = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
+	// errPongTimeout ends a connection whose peer stopped answering; no
+	// close frame is sent (it would not be read), so 1006 is logged.
+	errPongTimeout = &closeError{websocket.StatusAbnormalClosure, "pong timeout", false}
 )
 
 // mode is what a connection speaks.
@@ -77,11 +80,14 @@ type conn struct {
 	remote  string
 	opened  time.Time
 
+	ws      *websocket.Conn
+	nc      *corkConn
+	stats   modeMetrics
+	release func() // gives back the connection slot
+	pinger  *time.Timer
+
 	// proto is protocol mode's state; nil in other modes.
 	proto *protoConn
-
-	ws *websocket.Conn
-	nc *corkConn
 
 	mu      sync.Mutex
 	queue   []*frame
@@ -103,6 +109,7 @@ func (c *conn) enqueue(f *frame) {
 	if len(c.queue) >= c.n.cfg.QueueMessages || c.queued+len(f.data) > c.n.cfg.QueueBytes {
 		c.closeLocked(errSlowConsumer)
 		c.mu.Unlock()
+		c.n.metrics.slowConsumers.Inc()
 		return
 	}
 	c.queue = append(c.queue, f)
@@ -157,6 +164,9 @@ func (c *conn) writeLoop() {
 		batch, cause := c.queue, c.cause
 		var ce *closeError
 		if cause != nil && (!errors.As(cause, &ce) || !ce.flush) {
+			if len(batch) > 0 {
+				c.n.metrics.dropped.Add(float64(len(batch)))
+			}
 			batch = nil
 		}
 		if len(batch) == 0 && cause == nil {
@@ -179,7 +189,7 @@ func (c *conn) writeLoop() {
 			c.mu.Unlock()
 			continue
 		}
-		if ce != nil {
+		if ce != nil && ce.code != websocket.StatusAbnormalClosure {
 			c.ws.Close(ce.code, ce.reason)
 		} else {
 			c.ws.CloseNow()
@@ -192,17 +202,43 @@ func (c *conn) writeLoop() {
 // a few, for a large batch), within the write timeout.
 func (c *conn) writeBatch(batch []*frame) error {
 	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
+	bytes := 0
 	var j joiner // protocol mode joins pushes: proto.go
 	defer j.release()
-	for len(batch) > 0 {
-		typ, data, n := j.next(c, batch)
-		batch = batch[n:]
+	for rest := batch; len(rest) > 0; {
+		typ, data, n := j.next(c, rest)
+		rest = rest[n:]
 		if err := c.ws.Write(context.Background(), typ, data); err != nil {
 			c.nc.uncork()
 			return err
 		}
+		bytes += len(data)
 	}
-	return c.nc.uncork()
+	if err := c.nc.uncork(); err != nil {
+		return err
+	}
+	c.stats.sent.Add(float64(len(batch)))
+	c.stats.sentBytes.Add(float64(bytes))
+	return nil
+}
+
+// startPings pings the client every PingInterval; a client that does not
+// answer within PongTimeout is disconnected. The timer's goroutine exists
+// only while a ping is out.
+func (c *conn) startPings() {
+	c.pinger = time.AfterFunc(c.n.cfg.PingInterval, c.ping)
+}
+
+func (c *conn) stopPings() { c.pinger.Stop() }
+
+func (c *conn) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.PongTimeout)
+	defer cancel()
+	if err := c.ws.Ping(ctx); err != nil {
+		c.close(errPongTimeout)
+		return
+	}
+	c.pinger.Reset(c.n.cfg.PingInterval)
 }
 
 // closeCode is the close code of a connection that ended with err: the

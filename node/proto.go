@@ -43,22 +43,22 @@ type protoConn struct {
 
 // serveProto is protocol mode: GET /ws[?echo=true][&batch=false].
 func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
-	if !n.admit(w, r) {
-		return
-	}
 	echo, err := queryBool(r, "echo")
-	if err != nil {
-		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
 	batch := true // absent or empty: the default
 	if r.URL.Query().Get("batch") != "" {
-		if batch, err = queryBool(r, "batch"); err != nil {
-			writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		if batch, err = queryBool(r, "batch"); err != nil && isUpgrade(r) {
+			n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 			return
 		}
 	}
-	c := n.newConn(r, modeProto)
+	c := n.connect(w, r, modeProto)
+	if c == nil {
+		return
+	}
 	c.echo = echo
 	c.proto = &protoConn{
 		batch:  batch,
@@ -66,7 +66,9 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 		bucket: tokenBucket{rate: n.cfg.ProtoCommandRate, burst: float64(n.cfg.ProtoCommandBurst)},
 		errs:   errorWindow{max: n.cfg.ProtoMaxErrors, window: n.cfg.ProtoErrorWindow},
 	}
-	n.accept(w, r, c, n.readProto)
+	if !n.accept(w, r, c, n.readProto) {
+		c.release()
+	}
 }
 
 // readProto runs the commands the client sends, one at a time and in
@@ -83,6 +85,8 @@ func (n *Node) readProto(c *conn) error {
 		if err != nil {
 			return err
 		}
+		c.stats.received.Inc()
+		c.stats.receivedBytes.Add(float64(len(data)))
 		now := time.Now()
 		allowed := p.bucket.allow(now) // every frame takes a token
 		var cmd protocol.Command
@@ -147,10 +151,9 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,
-			Time:    time.Now().UnixNano(),
 			Payload: cmd.Data,
 		}
-		if err := n.broker.Publish(n.ctx, cmd.Channel, m); err != nil {
+		if err := n.publish(cmd.Channel, m); err != nil {
 			return n.brokerError(c, "publish failed", cmd.Channel, err)
 		}
 		return nil

@@ -166,8 +166,18 @@ func serve(stderr io.Writer) int {
 		fmt.Fprintln(stderr, "relay:", oneLine(err))
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		log.Info("signal: draining; a second signal exits at once", "signal", sig.String())
+		cancel()
+		<-sigs
+		log.Warn("second signal: exiting without draining")
+		os.Exit(1)
+	}()
 	if err := n.Run(ctx); err != nil {
 		log.Error("node stopped", "err", err)
 		return 1

@@ -29,6 +29,9 @@ func Config() node.Config {
 		QueueMessages:   4096,
 		QueueBytes:      4 << 20,
 		WriteTimeout:    10 * time.Second,
+		PingInterval:    25 * time.Second,
+		PongTimeout:     10 * time.Second,
+		MaxConnections:  10000,
 	}
 }
 
