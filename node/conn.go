@@ -45,10 +45,10 @@ func (e *closeError) Error() string { return fmt.Sprintf("close %d: %s", e.code,
 // Why the server closes a connection. Reasons are short: a close frame
 // carries at most 123 bytes of reason.
 var (
-	errSlowConsumer   = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
-	errWriteTimeout   = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
-	errBrokerDown     = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
-	errDraining       = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
+	errSlowConsumer = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
+	errWriteTimeout = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
+	errBrokerDown   = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
+	errDraining     = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
 	// errPongTimeout ends a connection whose peer stopped answering; no
 	// close frame is sent (it would not be read), so 1006 is logged.
 	errPongTimeout = &closeError{websocket.StatusAbnormalClosure, "pong timeout", false}
@@ -155,8 +155,9 @@ func (c *conn) closeLocked(cause error) {
 }
 
 // writeLoop sends the queue in batches, each batch with one write to the
-// socket, until the queue is empty; then it exits. When a close is due it
-// sends (or drops) what is queued, closes the WebSocket and exits.
+// socket and at least WriteDelay apart, until the queue is empty; then it
+// exits. When a close is due it sends (or drops) what is queued, closes the
+// WebSocket and exits.
 func (c *conn) writeLoop() {
 	defer c.writers.Done()
 	for {
@@ -187,6 +188,10 @@ func (c *conn) writeLoop() {
 			c.mu.Lock()
 			c.spare = batch[:0]
 			c.mu.Unlock()
+			if d := c.n.cfg.WriteDelay; d > 0 {
+				// Let what arrives meanwhile share the next write.
+				time.Sleep(d)
+			}
 			continue
 		}
 		if ce != nil && ce.code != websocket.StatusAbnormalClosure {

@@ -90,6 +90,14 @@ func newMetrics(n *Node) *metrics {
 		}))
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Series that exist before their first event, so that rates and alerts
+	// see a zero rather than nothing.
+	for _, code := range []websocket.StatusCode{1000, 1001, 1006, 1008, 1009, 1011, 1012, 1013} {
+		m.closedByCode.Store(code, m.closed.WithLabelValues(strconv.Itoa(int(code))))
+	}
+	for _, status := range []string{"400", "401", "503"} {
+		m.refused.WithLabelValues(status)
+	}
 	for _, md := range modes {
 		l := string(md)
 		m.byMode[md] = modeMetrics{

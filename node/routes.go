@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -154,12 +155,22 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readRaw publishes every message the client sends.
+// readRaw publishes every message the client sends, no faster than the
+// raw publish rate: above it the client is read more slowly.
 func (n *Node) readRaw(c *conn) error {
+	var limiter *rate.Limiter // made at the first message: idle connections stay small
 	for {
 		typ, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			return err
+		}
+		if n.cfg.RawPublishRate > 0 {
+			if limiter == nil {
+				limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
+			}
+			if err := limiter.Wait(n.ctx); err != nil {
+				return err
+			}
 		}
 		c.stats.received.Inc()
 		c.stats.receivedBytes.Add(float64(len(data)))

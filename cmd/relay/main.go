@@ -2,12 +2,15 @@
 //
 //	relay [serve]      run a node (configured by RELAY_* variables)
 //	relay healthcheck  exit 0 if the local node answers /healthz
+//	relay bench        the load generator (relay bench -h)
 //	relay version      print the version
 //	relay --help       print the configuration table
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +26,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"golang.org/x/term"
 
+	"github.com/relay-pubsub/relay/internal/bench"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -55,6 +59,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(stderr)
 	case "healthcheck":
 		return healthcheck(stderr)
+	case "bench":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := bench.Command(ctx, args[1:], stdout, stderr); err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(stderr, "relay bench:", err)
+			}
+			return 1
+		}
+		return 0
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
@@ -74,6 +88,7 @@ func usage(w io.Writer) {
 Usage:
   relay [serve]      run a node
   relay healthcheck  exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
+  relay bench        load generator against any Relay deployment (relay bench -h)
   relay version      print the version
   relay --help       print this help
 
