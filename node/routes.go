@@ -22,6 +22,7 @@ import (
 func (n *Node) routes() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws/{channel...}", n.serveRaw)
+	mux.HandleFunc("GET /ws", n.serveProto)
 	mux.HandleFunc("GET /echo", n.serveEcho)
 	mux.HandleFunc("GET /{$}", n.serveRoot)
 	mux.HandleFunc("GET /healthz", n.serveHealth)
