@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
 
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -37,7 +38,7 @@ var emptyResult = json.RawMessage(`{}`)
 type protoConn struct {
 	batch  bool                // join pending pushes into one frame
 	subs   map[string]struct{} // the channels subscribed to
-	bucket tokenBucket         // commands
+	bucket *rate.Limiter       // commands; nil = no limit
 	errs   errorWindow         // recent client errors
 }
 
@@ -63,7 +64,7 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 	c.proto = &protoConn{
 		batch:  batch,
 		subs:   make(map[string]struct{}),
-		bucket: tokenBucket{rate: n.cfg.ProtoCommandRate, burst: float64(n.cfg.ProtoCommandBurst)},
+		bucket: commandLimiter(n.cfg),
 		errs:   errorWindow{max: n.cfg.ProtoMaxErrors, window: n.cfg.ProtoErrorWindow},
 	}
 	if !n.accept(w, r, c, n.readProto) {
@@ -88,7 +89,7 @@ func (n *Node) readProto(c *conn) error {
 		c.stats.received.Inc()
 		c.stats.receivedBytes.Add(float64(len(data)))
 		now := time.Now()
-		allowed := p.bucket.allow(now) // every frame takes a token
+		allowed := p.bucket == nil || p.bucket.AllowN(now, 1) // every frame takes a token
 		var cmd protocol.Command
 		var perr *protocol.Error
 		if typ != websocket.MessageText {
@@ -106,11 +107,11 @@ func (n *Node) readProto(c *conn) error {
 		}
 		if perr == nil {
 			if cmd.ID != nil {
-				c.enqueue(&frame{typ: websocket.MessageText, data: protocol.AppendResult(nil, cmd.ID, emptyResult)})
+				c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, emptyResult)))
 			}
 			continue
 		}
-		c.enqueue(&frame{typ: websocket.MessageText, data: protocol.AppendError(nil, cmd.ID, perr)})
+		c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
 		if clientError(perr.Code) && p.errs.add(now) {
 			return errTooManyErrors
 		}
@@ -189,24 +190,19 @@ func clientError(code protocol.Code) bool {
 func newPushFrame(channel string, m pubsub.Message) *frame {
 	binary := m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload))
 	buf := make([]byte, 0, protocol.PushSize(channel, m.Payload, binary))
-	return &frame{typ: websocket.MessageText, data: protocol.AppendPush(buf, channel, m.Payload, binary)}
+	return newFrame(websocket.MessageText, protocol.AppendPush(buf, channel, m.Payload, binary))
 }
 
-// joiner joins the consecutive text frames of a protocol-mode connection's
-// batch into one message, separated by "\n", up to maxJoinBytes: several
-// pending pushes (and replies) cost one frame. Every protocol-mode message
-// is one line of compact JSON, so the client splits on "\n". The buffer is
-// taken from corkPool for one writeBatch and given back by release.
-type joiner struct {
-	buf *[]byte
-}
-
-// next returns the next message to write of batch and how many frames of
-// batch it consumes. The returned data is valid until the next call.
-func (j *joiner) next(c *conn, batch []*frame) (websocket.MessageType, []byte, int) {
+// next returns the header and payload of the next frame to write of batch
+// and how many frames of batch it consumes. A protocol-mode connection that
+// batches joins consecutive text frames into one message, separated by
+// "\n", up to maxJoinBytes: several pending pushes (and replies) cost one
+// frame. Every protocol-mode message is one line of compact JSON, so the
+// client splits on "\n". Joined frames live in w until the batch is written.
+func (w *writev) next(c *conn, batch []*frame) (hdr, data []byte, n int) {
 	f := batch[0]
 	if c.proto == nil || !c.proto.batch || f.typ != websocket.MessageText {
-		return f.typ, f.data, 1
+		return f.hdr, f.data, 1
 	}
 	size, k := len(f.data), 1
 	for ; k < len(batch); k++ {
@@ -217,53 +213,28 @@ func (j *joiner) next(c *conn, batch []*frame) (websocket.MessageType, []byte, i
 		size += 1 + len(g.data)
 	}
 	if k == 1 {
-		return f.typ, f.data, 1
+		return f.hdr, f.data, 1
 	}
-	if j.buf == nil {
-		j.buf = corkPool.Get().(*[]byte)
-	}
-	b := append((*j.buf)[:0], f.data...)
+	// Earlier joins keep pointing into the old array if these grow.
+	start := len(w.joins)
+	w.joins = append(w.joins, f.data...)
 	for _, g := range batch[1:k] {
-		b = append(b, '\n')
-		b = append(b, g.data...)
+		w.joins = append(w.joins, '\n')
+		w.joins = append(w.joins, g.data...)
 	}
-	*j.buf = b
-	return websocket.MessageText, b, k
+	data = w.joins[start:]
+	h := len(w.hdrs)
+	w.hdrs = appendFrameHeader(w.hdrs, websocket.MessageText, len(data))
+	return w.hdrs[h:], data, k
 }
 
-// release gives the buffer back to the pool.
-func (j *joiner) release() {
-	if j.buf != nil {
-		*j.buf = (*j.buf)[:0]
-		corkPool.Put(j.buf)
-		j.buf = nil
+// commandLimiter is the token bucket of one connection's commands, nil
+// when they are not limited.
+func commandLimiter(cfg Config) *rate.Limiter {
+	if cfg.ProtoCommandRate <= 0 {
+		return nil
 	}
-}
-
-// tokenBucket limits commands: it holds up to burst tokens, gains rate
-// tokens per second, and each command takes one. A zero rate is no limit.
-type tokenBucket struct {
-	rate, burst float64
-	tokens      float64
-	last        time.Time
-}
-
-// allow takes a token at now, reporting whether there was one.
-func (b *tokenBucket) allow(now time.Time) bool {
-	if b.rate <= 0 {
-		return true
-	}
-	if b.last.IsZero() {
-		b.tokens = b.burst
-	} else if d := now.Sub(b.last); d > 0 {
-		b.tokens = min(b.burst, b.tokens+d.Seconds()*b.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
+	return rate.NewLimiter(rate.Limit(cfg.ProtoCommandRate), cfg.ProtoCommandBurst)
 }
 
 // errorWindow counts client errors: add reports whether max of them fell

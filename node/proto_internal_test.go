@@ -11,12 +11,12 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-func TestJoiner(t *testing.T) {
-	text := func(s string) *frame { return &frame{typ: websocket.MessageText, data: []byte(s)} }
+func TestJoinPushes(t *testing.T) {
+	text := func(s string) *frame { return newFrame(websocket.MessageText, []byte(s)) }
 	big := strings.Repeat("x", maxJoinBytes-2)
 	batch := []*frame{
 		text("a"), text("b"),
-		{typ: websocket.MessageBinary, data: []byte("bin")},
+		newFrame(websocket.MessageBinary, []byte("bin")),
 		text("cc"), text(big), text("d"), text("e"),
 	}
 	tests := []struct {
@@ -32,16 +32,16 @@ func TestJoiner(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &conn{proto: tt.proto}
-			var j joiner
-			defer j.release()
+			w := writevPool.Get().(*writev)
+			defer w.release()
 			var got []string
 			for rest := batch; len(rest) > 0; {
-				typ, data, n := j.next(c, rest)
+				hdr, data, n := w.next(c, rest)
 				if n < 1 || n > len(rest) {
 					t.Fatalf("next consumed %d of %d frames", n, len(rest))
 				}
-				if typ != rest[0].typ {
-					t.Errorf("message %d type %v, want %v", len(got), typ, rest[0].typ)
+				if want := appendFrameHeader(nil, rest[0].typ, len(data)); string(hdr) != string(want) {
+					t.Errorf("message %d header %x, want %x", len(got), hdr, want)
 				}
 				got = append(got, string(data))
 				rest = rest[n:]
@@ -50,33 +50,6 @@ func TestJoiner(t *testing.T) {
 				t.Errorf("messages %.80q, want %.80q", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestTokenBucket(t *testing.T) {
-	t0 := time.Unix(1000, 0)
-	b := tokenBucket{rate: 2, burst: 3}
-	steps := []struct {
-		at   time.Duration
-		want bool
-	}{
-		{0, true}, {0, true}, {0, true}, {0, false}, // the burst, then empty
-		{400 * time.Millisecond, false},                                              // 0.8 tokens
-		{500 * time.Millisecond, true},                                               // 1 token
-		{500 * time.Millisecond, false},                                              //
-		{10 * time.Second, true}, {10 * time.Second, true}, {10 * time.Second, true}, // full again: burst, not more
-		{10 * time.Second, false},
-	}
-	for i, s := range steps {
-		if got := b.allow(t0.Add(s.at)); got != s.want {
-			t.Errorf("step %d: allow(t0+%v) = %v, want %v", i, s.at, got, s.want)
-		}
-	}
-	off := tokenBucket{}
-	for range 1000 {
-		if !off.allow(t0) {
-			t.Fatal("a zero rate limited a command")
-		}
 	}
 }
 

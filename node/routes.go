@@ -221,7 +221,7 @@ func (n *Node) readEcho(c *conn) error {
 		}
 		c.stats.received.Inc()
 		c.stats.receivedBytes.Add(float64(len(data)))
-		c.enqueue(&frame{typ: typ, data: append([]byte(echoPrefix), data...)})
+		c.enqueue(newFrame(typ, append([]byte(echoPrefix), data...)))
 	}
 }
 
