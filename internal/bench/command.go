@@ -28,7 +28,9 @@ const (
 )
 
 // Config is one run of the generator, as the flags set it. The zero value is
-// not valid; parseFlags fills the defaults.
+// not valid: the flags' defaults are the reference; [Run] fills the
+// scenario-dependent zero fields (Channels, Publishers, Timeout) and
+// validates the rest.
 type Config struct {
 	Scenario string // fanout, channels, idle or connect
 	Mode     string // raw or protocol
@@ -47,15 +49,15 @@ type Config struct {
 	Timeout  time.Duration // hard limit for the whole run
 	Tick     time.Duration // publisher pacing interval
 
-	DialTimeout     time.Duration
-	DialConcurrency int     // handshakes in flight at once
-	ConnectRate     float64 // handshakes started per second; 0 is unlimited
-	SpreadAfter     int     // connections per destination before using 127.0.0.2+
+	DialTimeout     time.Duration // one handshake (and protocol subscribe)
+	DialConcurrency int           // handshakes in flight at once
+	ConnectRate     float64       // handshakes started per second; 0 is unlimited
+	SpreadAfter     int           // connections per destination before using 127.0.0.2+
 
 	Token         string // bearer token for the upgrade request
 	PIDs          []int  // server processes to read from /proc
-	AllowRemote   bool
-	ChannelPrefix string
+	AllowRemote   bool   // allow targets outside the loopback range
+	ChannelPrefix string // channel names are ChannelPrefix.RUNID.N
 	Batch         bool   // protocol mode: allow batched pushes
 	Progress      string // auto, on or off
 	Quiet         bool   // no text report, only the JSON line

@@ -92,7 +92,6 @@ type ServerStats struct {
 	RSSBefore  int64   `json:"rss_before"`
 	RSS        int64   `json:"rss"`
 	HWM        int64   `json:"rss_peak"`
-	RSSPerConn float64 `json:"rss_per_conn,omitempty"` // idle: growth per connection
 	Error      string  `json:"error,omitempty"`
 }
 
@@ -200,9 +199,9 @@ func (res *Result) setWindow(r *runner, before, after snapshot) {
 }
 
 // setIdle fills the figures of an idle run's hold.
-func (res *Result) setIdle(r *runner, before, after snapshot) {
-	res.WindowS = time.Duration(after.at - before.at).Seconds()
+func (res *Result) setIdle(r *runner, before, after snapshot, holdStart int64) {
 	res.servers(before, after)
+	res.WindowS = time.Duration(after.at - holdStart).Seconds()
 	n := r.conns.Load()
 	if n == 0 {
 		return
@@ -211,7 +210,6 @@ func (res *Result) setIdle(r *runner, before, after snapshot) {
 	for i := range res.Servers {
 		s := &res.Servers[i]
 		if s.Error == "" {
-			s.RSSPerConn = float64(s.RSS-s.RSSBefore) / float64(n)
 			growth += s.RSS - s.RSSBefore
 		}
 	}
@@ -325,7 +323,7 @@ func (res *Result) WriteText(w io.Writer) {
 		p("load: %d channel(s), %d publisher(s), %d stream(s), %.0f msg/s target, %d B, %.1f s window after %.1f s warm-up\n",
 			res.Channels, res.Publishers, res.Streams, res.RateTarget, res.Size, res.WindowS, res.WarmupS)
 		p("published: %d (%.1f msg/s); publishers at most %s behind schedule\n", res.Published, res.PublishRate, fmtMS(res.PublisherLagMax))
-		p("delivered: %d of %d expected; loss %d (%.3f %%), duplicates %d, out of order %d",
+		p("delivered: %d of %d expected; lost or later than the drain %d (%.3f %%), duplicates %d, out of order %d",
 			res.Delivered, res.Expected, res.Loss, res.LossPct, res.Duplicates, res.Reordered)
 		if res.Foreign > 0 {
 			p(", foreign %d", res.Foreign)
@@ -346,7 +344,7 @@ func (res *Result) WriteText(w io.Writer) {
 			p("  publish error: %s ×%d\n", k, res.PublishErrors[k])
 		}
 	case Idle:
-		p("held %d connections for %.1f s\n", res.Connected, res.WindowS)
+		p("held %d connections for %.1f s after connecting\n", res.Connected, res.WindowS)
 	}
 	for _, k := range sortedKeys(res.Closes) {
 		p("closed by server or network: %s ×%d\n", k, res.Closes[k])
@@ -358,16 +356,14 @@ func (res *Result) WriteText(w io.Writer) {
 		}
 		p("server pid %d (%s): cpu %.2f s (%.2f cores), rss %s (before %s, peak %s)",
 			s.PID, s.Name, s.CPUSeconds, s.Cores, mib(s.RSS), mib(s.RSSBefore), mib(s.HWM))
-		if s.RSSPerConn != 0 {
-			p(", %.1f KiB per connection", s.RSSPerConn/1024)
-		}
 		p("\n")
 	}
 	if res.ServerCPUPerDel > 0 {
 		p("server cpu per delivery: %.2f µs\n", res.ServerCPUPerDel)
 	}
 	if res.RSSPerConn != 0 {
-		p("server rss per connection: %.1f KiB\n", res.RSSPerConn/1024)
+		p("server rss per connection: %.1f KiB (growth of all PIDs from before connecting to the end of the hold, / %d connections)\n",
+			res.RSSPerConn/1024, res.Connected)
 	}
 	g := res.Generator
 	p("generator: cpu %.2f s (%.2f cores)", g.CPUSeconds, g.Cores)

@@ -50,8 +50,8 @@ func writeTable(w io.Writer, rows []*Result) {
 		cells := []string{loadLabel(r), r.Mode, "", "", "", "", "", "", memoryLabel(r), generatorLabel(r)}
 		if r.Scenario == Fanout || r.Scenario == Channels {
 			cells[2] = thousands(r.DeliveredPerSec)
-			cells[3] = fmt.Sprintf("%d (%.2f %%)", r.Loss, r.LossPct)
-			cells[4] = fmt.Sprintf("%d / %d", r.Duplicates, r.Reordered)
+			cells[3] = fmt.Sprintf("%s (%.2f %%)", thousands(float64(r.Loss)), r.LossPct)
+			cells[4] = thousands(float64(r.Duplicates)) + " / " + thousands(float64(r.Reordered))
 			if l := r.Latency; l != nil {
 				cells[5] = fmtMS(l.P50) + " / " + fmtMS(l.P99) + " / " + fmtMS(l.Max)
 			}
@@ -121,10 +121,11 @@ func memoryLabel(r *Result) string {
 		parts = append(parts, fmt.Sprintf("%.1f KiB per connection", r.RSSPerConn/1024))
 	}
 	if lo >= 0 {
-		if lo == hi {
-			parts = append(parts, fmt.Sprintf("%.0f MiB per node", float64(lo)/(1<<20)))
+		l, h := fmt.Sprintf("%.0f", float64(lo)/(1<<20)), fmt.Sprintf("%.0f", float64(hi)/(1<<20))
+		if l == h {
+			parts = append(parts, l+" MiB per node")
 		} else {
-			parts = append(parts, fmt.Sprintf("%.0f–%.0f MiB per node", float64(lo)/(1<<20), float64(hi)/(1<<20)))
+			parts = append(parts, l+"–"+h+" MiB per node")
 		}
 	}
 	if len(redis) > 0 {
