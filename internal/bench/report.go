@@ -418,6 +418,7 @@ func (p *progress) setPhase(s string) { p.phase.Store(&s) }
 // that stops it and waits.
 func (p *progress) start(phase string) (stop func()) {
 	p.setPhase(phase)
+	p.last.at = p.r.clk.now()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -456,7 +457,7 @@ func (p *progress) line() {
 	}
 	secs := time.Duration(now - p.last.at).Seconds()
 	rate := 0.0
-	if p.last.at != 0 && secs > 0 {
+	if secs > 0 {
 		rate = float64(recv-p.last.recv) / secs
 	}
 	p.last.at, p.last.recv = now, recv
