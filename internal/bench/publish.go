@@ -49,9 +49,20 @@ type pending struct {
 // an older one is counted unknown.
 const ringSize = 1 << 16
 
+// tick returns the publisher's pacing interval: -tick, or the interval
+// between its messages when that is longer (up to a second), so that a
+// slow publisher does not wake up for nothing.
+func (p *publisher) tick(least time.Duration) time.Duration {
+	total := p.rate * float64(len(p.streams))
+	if total <= 0 {
+		return time.Second
+	}
+	return min(max(least, time.Duration(float64(time.Second)/total)), time.Second)
+}
+
 // run publishes until the window ends or stop is closed.
 func (p *publisher) run(r *runner, stop <-chan struct{}) {
-	t := time.NewTicker(r.cfg.Tick)
+	t := time.NewTicker(p.tick(r.cfg.Tick))
 	defer t.Stop()
 	start := r.clk.now()
 	buf := make([]byte, 0, r.cfg.Size+256)
