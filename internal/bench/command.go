@@ -234,23 +234,21 @@ func validChannelRune(r rune) bool {
 // Command runs `relay bench` with args (without "bench"). It writes the
 // human report and progress to stderr and the final one-line JSON result to
 // stdout, and returns when the run ends, the -timeout passes or ctx is
-// cancelled. -h prints usage and returns flag.ErrHelp.
+// cancelled. -h prints usage and returns flag.ErrHelp. The caller prints the
+// returned error; a run cut short still writes its report and JSON line
+// first.
 //
 // `relay bench table [FILE...]` instead renders result lines as a markdown
 // table (see [Table]).
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "table" {
 		if err := Table(args[1:], stdout); err != nil {
-			fmt.Fprintf(stderr, "relay bench table: %v\n", err)
-			return err
+			return fmt.Errorf("table: %w", err)
 		}
 		return nil
 	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "relay bench: %v\n", err)
-		}
 		return err
 	}
 	progress := cfg.Progress == "on"
@@ -260,13 +258,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.CPUProfile != "" {
 		f, err := os.Create(cfg.CPUProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "relay bench: %v\n", err)
 			return err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(stderr, "relay bench: cpu profile: %v\n", err)
-			return err
+			return fmt.Errorf("cpu profile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
 	}
