@@ -336,3 +336,15 @@ func TestTimeoutUnblocksWrites(t *testing.T) {
 		t.Errorf("result %+v: want Aborted", res)
 	}
 }
+
+func TestRateZeroPublishesNothing(t *testing.T) {
+	s := newStandIn(t, "a")
+	res, report, err := runBench(t, "fanout", "-url", s.url(), "-subs", "2", "-rate", "0",
+		"-warmup", "0s", "-duration", "50ms", "-drain", "0s")
+	if err != nil {
+		t.Fatalf("Command: %v\n%s", err, report)
+	}
+	if res.Published != 0 || res.Expected != 0 || res.Delivered != 0 || res.Loss != 0 {
+		t.Errorf("published %d, expected %d, delivered %d, loss %d; want 0", res.Published, res.Expected, res.Delivered, res.Loss)
+	}
+}
