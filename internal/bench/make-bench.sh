@@ -15,6 +15,9 @@
 #   BENCH_DURATION   measurement window per publishing row (default 20s)
 #   BENCH_IDLE_HOLD  hold of the idle row, long enough for the heap to settle (default 60s)
 #   BENCH_SIZE       message size in bytes (default 128)
+#   BENCH_PUBLISHERS publishers per publishing row, spread over both nodes (default 20, so
+#                    that each stays far below the nodes' per-connection publish limits:
+#                    RELAY_RAW_PUBLISH_RATE and, in protocol mode, the command rate)
 #   BENCH_OUT        directory for results.jsonl, table.md and logs (default: a new temp dir)
 #   BENCH_RELAY      relay binary for the nodes (default: built from ./cmd/relay)
 #   BENCH_BIN        binary that has the `bench` subcommand (default: BENCH_RELAY)
@@ -30,6 +33,7 @@ warmup=${BENCH_WARMUP:-5s}
 duration=${BENCH_DURATION:-20s}
 idle_hold=${BENCH_IDLE_HOLD:-60s}
 size=${BENCH_SIZE:-128}
+publishers=${BENCH_PUBLISHERS:-20}
 redis_server=${REDIS_SERVER:-redis-server}
 out=${BENCH_OUT:-$(mktemp -d -t relay-bench-XXXXXX)}
 mkdir -p "$out"
@@ -146,7 +150,7 @@ run_row() {
 }
 
 : >"$out/results.jsonl"
-pub=(-publishers 2 -size "$size" -warmup "$warmup" -duration "$duration" -concurrency 128)
+pub=(-publishers "$publishers" -size "$size" -warmup "$warmup" -duration "$duration" -concurrency 128)
 for row in $rows; do
 	case $row in
 	fanout-1k-300) run_row "$row" fanout -subs 1000 -rate 300 "${pub[@]}" ;;
