@@ -112,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement window (idle: hold time; connect: longest storm)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "longest wait for in-flight messages after the window")
 	fs.DurationVar(&c.Timeout, "timeout", 0, "hard limit for the whole run (default: warm-up + duration + drain + 2m)")
-	fs.DurationVar(&c.Tick, "tick", 10*time.Millisecond, "publisher pacing interval: each tick sends the messages due")
+	fs.DurationVar(&c.Tick, "tick", 10*time.Millisecond, "publisher pacing interval: each tick sends the messages due (a slower publisher ticks at its message interval, up to 1s)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", 10*time.Second, "timeout of one WebSocket handshake")
 	fs.IntVar(&c.DialConcurrency, "concurrency", 64, "handshakes in flight at once")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", 0, "handshakes started per second (0: unlimited)")
