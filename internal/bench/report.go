@@ -59,6 +59,7 @@ type Result struct {
 	ServerCPUPerDel float64          `json:"server_cpu_per_delivery_us,omitempty"`
 	RSSPerConn      float64          `json:"server_rss_per_conn,omitempty"` // idle: growth over all PIDs per connection
 	Generator       GeneratorStats   `json:"generator"`
+	Machine         MachineStats     `json:"machine"`
 	Warnings        []string         `json:"warnings,omitempty"`
 	Aborted         string           `json:"aborted,omitempty"`
 }
@@ -104,6 +105,14 @@ type GeneratorStats struct {
 	RSS            int64   `json:"rss"`
 	RSSPerConn     float64 `json:"rss_per_conn,omitempty"`
 	Goroutines     int     `json:"goroutines"`
+}
+
+// MachineStats is the whole machine's CPU over the window: what other
+// processes used is load that the figures above did not account for.
+type MachineStats struct {
+	CPUs        int     `json:"cpus"`
+	BusyCores   float64 `json:"busy_cores"`   // all processes
+	OthersCores float64 `json:"others_cores"` // neither the -pids nor the generator
 }
 
 func newResult(cfg *Config, runID string) *Result {
@@ -174,6 +183,18 @@ func (res *Result) servers(before, after snapshot) (cpu float64) {
 	g.CPUSeconds = cpuSeconds(after.self) - cpuSeconds(before.self)
 	if secs > 0 {
 		g.Cores = g.CPUSeconds / secs
+	}
+	m := &res.Machine
+	m.CPUs = runtime.NumCPU()
+	if secs > 0 && after.total > before.total {
+		// Ticks of all CPUs over the window; busy share times the CPUs.
+		share := float64(after.busy-before.busy) / float64(after.total-before.total)
+		m.BusyCores = share * float64(m.CPUs)
+		m.OthersCores = max(0, m.BusyCores-g.Cores-cpu/secs)
+		if m.OthersCores >= 0.25 {
+			res.Warnings = append(res.Warnings, fmt.Sprintf(
+				"other processes used %.2f cores during the window: the machine was not quiet", m.OthersCores))
+		}
 	}
 	return cpu
 }
@@ -371,6 +392,9 @@ func (res *Result) WriteText(w io.Writer) {
 		p(", %.2f µs per delivery", g.CPUPerDelivery)
 	}
 	p(", rss %s, peak goroutines %d\n", mib(g.RSS), g.Goroutines)
+	if m := res.Machine; m.CPUs > 0 && m.BusyCores > 0 {
+		p("machine: %.2f of %d cores busy; other processes %.2f cores\n", m.BusyCores, m.CPUs, m.OthersCores)
+	}
 	for _, s := range res.Warnings {
 		p("warning: %s\n", s)
 	}

@@ -353,6 +353,8 @@ type snapshot struct {
 	procs    []ProcSample
 	procErr  []error
 	self     syscall.Rusage
+	busy     uint64 // machine's busy clock ticks, all CPUs
+	total    uint64 // machine's clock ticks, all CPUs
 }
 
 func (r *runner) sample() snapshot {
@@ -364,6 +366,7 @@ func (r *runner) sample() snapshot {
 		s.procErr = append(s.procErr, err)
 	}
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s.self)
+	s.busy, s.total = machineCPU()
 	return s
 }
 

@@ -44,7 +44,7 @@ func Table(args []string, w io.Writer) error {
 }
 
 func writeTable(w io.Writer, rows []*Result) {
-	fmt.Fprintln(w, "| load | mode | delivered/s | loss | dup / reordered | latency p50 / p99 / max | publish ack p99 | server CPU per delivery | memory | generator |")
+	fmt.Fprintln(w, "| load | mode | delivered/s | loss | dup / reordered | latency p50 / p99 / max | publish ack p99 | server CPU per delivery | memory | generator (and other load) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		cells := []string{loadLabel(r), r.Mode, "", "", "", "", "", "", memoryLabel(r), generatorLabel(r)}
@@ -136,10 +136,14 @@ func memoryLabel(r *Result) string {
 
 func generatorLabel(r *Result) string {
 	g := r.Generator
+	s := fmt.Sprintf("%.2f cores, %s", g.Cores, mib(g.RSS))
 	if g.CPUPerDelivery > 0 {
-		return fmt.Sprintf("%.2f cores, %.2f µs/delivery", g.Cores, g.CPUPerDelivery)
+		s = fmt.Sprintf("%.2f cores, %.2f µs/delivery", g.Cores, g.CPUPerDelivery)
 	}
-	return fmt.Sprintf("%.2f cores, %s", g.Cores, mib(g.RSS))
+	if o := r.Machine.OthersCores; o >= 0.05 {
+		s += fmt.Sprintf("; other processes %.2f cores", o)
+	}
+	return s
 }
 
 // thousands formats v rounded, with comma separators.
