@@ -112,7 +112,7 @@ type GeneratorStats struct {
 type MachineStats struct {
 	CPUs        int     `json:"cpus"`
 	BusyCores   float64 `json:"busy_cores"`   // all processes
-	OthersCores float64 `json:"others_cores"` // neither the -pids nor the generator
+	OthersCores float64 `json:"others_cores"` // neither the -pids nor the generator: other processes, interrupts
 }
 
 func newResult(cfg *Config, runID string) *Result {
@@ -193,7 +193,7 @@ func (res *Result) servers(before, after snapshot) (cpu float64) {
 		m.OthersCores = max(0, m.BusyCores-g.Cores-cpu/secs)
 		if m.OthersCores >= 0.25 {
 			res.Warnings = append(res.Warnings, fmt.Sprintf(
-				"other processes used %.2f cores during the window: the machine was not quiet", m.OthersCores))
+				"%.2f cores went to other processes (or interrupts) during the window: the machine was not quiet", m.OthersCores))
 		}
 	}
 	return cpu
@@ -393,7 +393,8 @@ func (res *Result) WriteText(w io.Writer) {
 	}
 	p(", rss %s, peak goroutines %d\n", mib(g.RSS), g.Goroutines)
 	if m := res.Machine; m.CPUs > 0 && m.BusyCores > 0 {
-		p("machine: %.2f of %d cores busy; other processes %.2f cores\n", m.BusyCores, m.CPUs, m.OthersCores)
+		p("machine: %.2f of %d cores busy; %.2f not in the -pids or the generator (other processes, interrupts)\n",
+			m.BusyCores, m.CPUs, m.OthersCores)
 	}
 	for _, s := range res.Warnings {
 		p("warning: %s\n", s)
