@@ -62,6 +62,9 @@ const (
 	modeEcho mode = "echo"
 )
 
+// modeProto is protocol mode (docs/PROTOCOL.md; proto.go).
+const modeProto mode = "proto"
+
 // conn is one client connection.
 //
 // Goroutines: one reader (readLoop) for the connection's life, and a writer
@@ -82,6 +85,9 @@ type conn struct {
 	stats   modeMetrics
 	release func() // gives back the connection slot
 	pinger  *time.Timer
+
+	// proto is protocol mode's state; nil in other modes.
+	proto *protoConn
 
 	mu      sync.Mutex
 	queue   []*frame
@@ -202,12 +208,16 @@ func (c *conn) writeLoop() {
 func (c *conn) writeBatch(batch []*frame) error {
 	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
 	bytes := 0
-	for _, f := range batch {
-		if err := c.ws.Write(context.Background(), f.typ, f.data); err != nil {
+	var j joiner // protocol mode joins pushes: proto.go
+	defer j.release()
+	for rest := batch; len(rest) > 0; {
+		typ, data, n := j.next(c, rest)
+		rest = rest[n:]
+		if err := c.ws.Write(context.Background(), typ, data); err != nil {
 			c.nc.uncork()
 			return err
 		}
-		bytes += len(f.data)
+		bytes += len(data)
 	}
 	if err := c.nc.uncork(); err != nil {
 		return err

@@ -13,8 +13,8 @@ import (
 // smaller ones cut the memory of an idle connection (see BENCHMARKS.md).
 // Writes do not suffer: the writer corks the socket for a whole batch.
 const (
-	readBufferSize  = 1024
-	writeBufferSize = 512
+	readBufferSize  = 256
+	writeBufferSize = 256
 	// corkFlushAt is the size at which a corked batch is written even before
 	// the batch ends, so that one write stays under the socket buffer.
 	corkFlushAt = 64 << 10

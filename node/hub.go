@@ -148,9 +148,16 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 		return
 	}
 	fromHere := m.Origin == hc.hub.nodeID
-	var raw *frame
+	var raw, push *frame
 	for _, c := range *p {
 		if fromHere && m.Conn == c.id && !c.echo {
+			continue
+		}
+		if c.mode == modeProto {
+			if push == nil {
+				push = newPushFrame(hc.name, m)
+			}
+			c.enqueue(push)
 			continue
 		}
 		if raw == nil {

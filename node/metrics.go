@@ -7,6 +7,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/relay-pubsub/relay/pubsub"
 )
 
 // metrics are the node's Prometheus metrics, in a registry of its own.
@@ -35,6 +37,9 @@ type metrics struct {
 	byMode       map[mode]modeMetrics
 }
 
+// brokerStats is implemented by brokers that count their work (Redis).
+type brokerStats interface{ Stats() pubsub.RedisStats }
+
 // modeMetrics are the children of the per-mode vectors for one mode.
 type modeMetrics struct {
 	connections   prometheus.Gauge
@@ -46,7 +51,7 @@ type modeMetrics struct {
 }
 
 // modes lists every mode a connection can have, for the label values.
-var modes = []mode{modeRaw, modeEcho}
+var modes = []mode{modeRaw, modeEcho, modeProto}
 
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()
@@ -88,6 +93,27 @@ func newMetrics(n *Node) *metrics {
 			}
 			return 0
 		}))
+	if bs, ok := n.broker.(brokerStats); ok {
+		stat := func(name, help string, v func(pubsub.RedisStats) uint64) {
+			f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(bs.Stats())) }))
+		}
+		stat("relay_broker_reconnects_total", "Redis subscriber connections re-established.", func(s pubsub.RedisStats) uint64 { return s.Reconnects })
+		stat("relay_broker_resubscribes_total", "Reconnects that subscribed live channels again (a possible gap in delivery).", func(s pubsub.RedisStats) uint64 { return s.Resubscribes })
+		stat("relay_broker_probe_failures_total", "Probes that did not come back through their subscriber connection in time.", func(s pubsub.RedisStats) uint64 { return s.ProbeFailures })
+		stat("relay_broker_teardowns_total", "Subscriber connections torn down and replaced because they went silent.", func(s pubsub.RedisStats) uint64 { return s.Teardowns })
+		stat("relay_broker_publish_errors_total", "Publishes Redis did not take.", func(s pubsub.RedisStats) uint64 { return s.PublishErrors })
+		stat("relay_broker_published_total", "Messages published to Redis.", func(s pubsub.RedisStats) uint64 { return s.Published })
+		stat("relay_broker_pipelines_total", "Pipelined round trips to Redis (publishes share them).", func(s pubsub.RedisStats) uint64 { return s.Pipelines })
+	}
+	if hc, ok := n.broker.(pubsub.HealthChecker); ok {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "relay_broker_up", Help: "1 when the broker can take publishes and deliver messages, else 0."},
+			func() float64 {
+				if hc.Health() != nil {
+					return 0
+				}
+				return 1
+			}))
+	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist before their first event, so that rates and alerts

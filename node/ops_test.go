@@ -217,3 +217,44 @@ func TestReadyzJSON(t *testing.T) {
 		t.Errorf("/readyz body %v", raw)
 	}
 }
+
+// TestBrokerOutage: with Redis down the node keeps its clients, fails
+// readiness, refuses new raw upgrades, closes a raw publisher with 1013;
+// when Redis is back it is ready again, the reconnect shows in metrics and
+// the subscriptions resume.
+func TestBrokerOutage(t *testing.T) {
+	r := testenv.StartRedis(t)
+	s := cluster(t, r, 1)[0]
+	waiting := nodetest.Dial(t, s.WS+"/ws/outage", nil)
+	publisher := nodetest.Dial(t, s.WS+"/ws/outage", nil)
+
+	r.Stop()
+	var rd readiness
+	testenv.WaitFor(t, nodetest.Timeout, "/readyz to fail", func() bool { return getJSON(t, s.URL+"/readyz", &rd) == 503 })
+	if !strings.HasPrefix(strings.Join(rd.Reasons, ","), "broker") {
+		t.Errorf("/readyz reasons %v, want the broker", rd.Reasons)
+	}
+	if got := testenv.Metrics(t, s.URL)["relay_broker_up"]; got != 0 {
+		t.Errorf("relay_broker_up = %v with Redis down, want 0", got)
+	}
+	if status := dialStatus(t, s.WS+"/ws/elsewhere"); status != 503 {
+		t.Errorf("raw upgrade with Redis down: HTTP %d, want 503", status)
+	}
+	nodetest.Write(t, publisher, "into the void")
+	if code, _ := nodetest.ReadClose(t, publisher); code != websocket.StatusTryAgainLater {
+		t.Errorf("raw publisher with Redis down closed with %d, want 1013", code)
+	}
+
+	r.Start()
+	testenv.WaitFor(t, 20*time.Second, "/readyz to pass again", func() bool { return getJSON(t, s.URL+"/readyz", &rd) == 200 })
+	m := testenv.Metrics(t, s.URL)
+	if m["relay_broker_reconnects_total"] < 1 || m["relay_broker_up"] != 1 {
+		t.Errorf("after the outage relay_broker_reconnects_total = %v, relay_broker_up = %v; want ≥1 and 1",
+			m["relay_broker_reconnects_total"], m["relay_broker_up"])
+	}
+	again := nodetest.Dial(t, s.WS+"/ws/outage", nil)
+	nodetest.Write(t, again, "back")
+	if got := nodetest.ReadText(t, waiting); got != "back" {
+		t.Errorf("the client connected through the outage read %q, want back", got)
+	}
+}

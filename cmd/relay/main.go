@@ -166,7 +166,15 @@ func serve(stderr io.Writer) int {
 		broker = pubsub.NewMemory()
 		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
 	} else {
-		rb, err := pubsub.NewRedis(cfg.RedisConfig, log.With("component", "redis"))
+		if cfg.NodeID == "" {
+			cfg.NodeID = node.DefaultNodeID()
+		}
+		rcfg := cfg.RedisConfig
+		rcfg.Instance = cfg.NodeID
+		rcfg.OnGap = func(channels []string) {
+			log.Warn("messages may have been lost while a Redis subscriber connection was down", "channels", len(channels))
+		}
+		rb, err := pubsub.NewRedis(rcfg, log.With("component", "redis"))
 		if err != nil {
 			fmt.Fprintln(stderr, "relay:", oneLine(err))
 			return 2
