@@ -35,8 +35,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendPush$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./pubsub ./node
+# The table of docs/BENCHMARKS.md: two nodes and one redis-server on
+# loopback under relay bench (internal/bench/make-bench.sh; BENCH_ROWS,
+# BENCH_DURATION, BENCH_IDLE_HOLD, BENCH_OUT tune it), then the Go benchmarks.
+bench: deps
+	internal/bench/make-bench.sh
+	$(GO) test -run '^$$' -bench . -benchmem ./pubsub ./node ./node/protocol
 
 clean:
 	rm -rf bin

@@ -62,10 +62,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		if err := bench.Command(ctx, args[1:], stdout, stderr); err != nil {
-			if !errors.Is(err, flag.ErrHelp) {
-				fmt.Fprintln(stderr, "relay bench:", err)
-			}
+		err := bench.Command(ctx, args[1:], stdout, stderr)
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case err != nil:
+			fmt.Fprintln(stderr, "relay bench:", err)
 			return 1
 		}
 		return 0
