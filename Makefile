@@ -5,7 +5,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 # Short fuzz passes run by make test (per target).
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test deps lint unit fuzz bench clean
+.PHONY: all build run test deps lint unit fuzz benchsmoke bench clean
 
 all: build
 
@@ -17,7 +17,7 @@ run:
 
 # Installs missing packages (as root), lints, runs the whole suite under the
 # race detector, then short fuzz passes.
-test: deps lint unit fuzz
+test: deps lint unit fuzz benchsmoke
 
 deps:
 	@internal/testenv/deps.sh
@@ -29,6 +29,10 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 -shuffle=on -timeout 12m ./...
+
+# Every Go benchmark once, so that none rots between `make bench` runs.
+benchsmoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub ./node ./node/protocol ./internal/bench
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pubsub

@@ -82,7 +82,7 @@ func TestErrorWindow(t *testing.T) {
 // with n protocol-mode subscribers whose writers never start.
 func protoSubscribers(n int) (*hubChannel, []*conn) {
 	nd := &Node{cfg: Config{QueueMessages: 1 << 20, QueueBytes: 1 << 30}}
-	hc := &hubChannel{hub: &hub{nodeID: "here"}, name: "chat:lobby"}
+	hc := &hubChannel{hub: &hub{nodeID: "here"}, name: "chat:lobby", index: make(map[*conn]int)}
 	var conns []*conn
 	for i := range n {
 		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, writing: true, proto: &protoConn{batch: true}}
