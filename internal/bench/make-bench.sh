@@ -13,7 +13,7 @@
 #   BENCH_MODE       raw or protocol (default raw)
 #   BENCH_WARMUP     warm-up per publishing row (default 5s)
 #   BENCH_DURATION   measurement window per publishing row (default 20s)
-#   BENCH_IDLE_HOLD  hold of the idle row, long enough for the heap to settle (default 60s)
+#   BENCH_IDLE_HOLD  hold of the idle row, long enough for the heap to settle (default 150s, as the reference)
 #   BENCH_SIZE       message size in bytes (default 128)
 #   BENCH_PUBLISHERS publishers per publishing row, spread over both nodes (default 20, so
 #                    that each stays far below the nodes' per-connection publish limits:
@@ -31,7 +31,7 @@ rows=${BENCH_ROWS:-"fanout-1k-300 fanout-1k-1000 fanout-10k-10 idle-10k"}
 mode=${BENCH_MODE:-raw}
 warmup=${BENCH_WARMUP:-5s}
 duration=${BENCH_DURATION:-20s}
-idle_hold=${BENCH_IDLE_HOLD:-60s}
+idle_hold=${BENCH_IDLE_HOLD:-150s}
 size=${BENCH_SIZE:-128}
 publishers=${BENCH_PUBLISHERS:-20}
 redis_server=${REDIS_SERVER:-redis-server}
