@@ -16,23 +16,10 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// cluster starts n nodes, each with its own Redis broker, against one
-// redis-server.
+// cluster starts n nodes against r, each with its own Redis broker.
 func cluster(t *testing.T, r *testenv.Redis, n int) []*nodetest.Server {
 	t.Helper()
-	var nodes []*nodetest.Server
-	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := nodetest.Config()
-		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
-		s := nodetest.Start(t, cfg, b)
-		t.Cleanup(func() { b.Close() }) // after the node stops (cleanups run last first)
-		nodes = append(nodes, s)
-	}
-	return nodes
+	return nodetest.Cluster(t, r.URL(), n)
 }
 
 func single(t *testing.T) *nodetest.Server {

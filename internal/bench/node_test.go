@@ -5,28 +5,17 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/node/nodetest"
-	"github.com/relay-pubsub/relay/pubsub"
 )
 
 // startNodes starts n real nodes against one private redis-server and
 // returns their WebSocket base URLs.
 func startNodes(t *testing.T, n int) []string {
 	t.Helper()
-	r := testenv.StartRedis(t)
 	var urls []string
-	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := nodetest.Config()
-		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
-		s := nodetest.Start(t, cfg, b)
-		t.Cleanup(func() { b.Close() }) // after the node stops
+	for _, s := range nodetest.Cluster(t, testenv.StartRedis(t).URL(), n) {
 		urls = append(urls, s.WS)
 	}
 	return urls

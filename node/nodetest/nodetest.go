@@ -6,6 +6,7 @@ package nodetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -37,6 +38,24 @@ func Config() node.Config {
 		RawPublishBurst: 1000,
 	}
 	// Protocol-mode limits are left at 0 (none); tests of the limits set them.
+}
+
+// Cluster starts n nodes named node-1 … node-n, each with its own Redis
+// broker, against the Redis at redisURL. The brokers close after the nodes.
+func Cluster(t testing.TB, redisURL string, n int) []*Server {
+	t.Helper()
+	var nodes []*Server
+	for i := range n {
+		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() }) // registered first, so it runs after the node's
+		cfg := Config()
+		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
+		nodes = append(nodes, Start(t, cfg, b))
+	}
+	return nodes
 }
 
 // Server is a node serving on a loopback listener.
