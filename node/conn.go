@@ -279,6 +279,17 @@ func (w *writev) release() {
 	writevPool.Put(w)
 }
 
+// read reads the client's next message and counts it.
+func (c *conn) read() (websocket.MessageType, []byte, error) {
+	// Background: a context that can end would cost an allocation per read.
+	typ, data, err := c.ws.Read(context.Background())
+	if err == nil {
+		c.stats.received.Inc()
+		c.stats.receivedBytes.Add(float64(len(data)))
+	}
+	return typ, data, err
+}
+
 // startPings pings the client every PingInterval; a client that does not
 // answer within PongTimeout is disconnected. The timer's goroutine exists
 // only while a ping is out.

@@ -82,12 +82,10 @@ func (n *Node) readProto(c *conn) error {
 		}
 	}()
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, data, err := c.read()
 		if err != nil {
 			return err
 		}
-		c.stats.received.Inc()
-		c.stats.receivedBytes.Add(float64(len(data)))
 		now := time.Now()
 		allowed := p.bucket == nil || p.bucket.AllowN(now, 1) // every frame takes a token
 		var cmd protocol.Command

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -160,7 +159,7 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 func (n *Node) readRaw(c *conn) error {
 	var limiter *rate.Limiter // made at the first message: idle connections stay small
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, data, err := c.read()
 		if err != nil {
 			return err
 		}
@@ -172,8 +171,6 @@ func (n *Node) readRaw(c *conn) error {
 				return err
 			}
 		}
-		c.stats.received.Inc()
-		c.stats.receivedBytes.Add(float64(len(data)))
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,
@@ -215,12 +212,10 @@ const echoPrefix = "Server received: "
 
 func (n *Node) readEcho(c *conn) error {
 	for {
-		typ, data, err := c.ws.Read(context.Background())
+		typ, data, err := c.read()
 		if err != nil {
 			return err
 		}
-		c.stats.received.Inc()
-		c.stats.receivedBytes.Add(float64(len(data)))
 		c.enqueue(newFrame(typ, append([]byte(echoPrefix), data...)))
 	}
 }
