@@ -1,4 +1,213 @@
-// Command relay runs a Relay node.
+// Command relay runs a Relay node and its client tools.
+//
+//	relay [serve]      run a node (configured by RELAY_* variables)
+//	relay healthcheck  exit 0 if the local node answers /healthz
+//	relay version      print the version
+//	relay --help       print the configuration table
 package main
 
-func main() {}
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	"golang.org/x/term"
+
+	"github.com/relay-pubsub/relay/node"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+// config is every setting of the relay binary, read from RELAY_*
+// variables. `relay --help` prints it as a table.
+type config struct {
+	node.Config
+	pubsub.RedisConfig
+	LogFormat string `envconfig:"LOG_FORMAT" default:"auto" desc:"log format: auto (text on a terminal, JSON otherwise), text or json"`
+	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"least severe log level: debug, info, warn or error"`
+}
+
+const prefix = "RELAY"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(stderr)
+	case "healthcheck":
+		return healthcheck(stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "relay", version)
+		return 0
+	case "help", "--help", "-help", "-h":
+		usage(stdout)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "relay: unknown command %q\n\n", cmd)
+		usage(stderr)
+		return 2
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Relay: a horizontally scaled WebSocket pub/sub node.
+
+Usage:
+  relay [serve]      run a node
+  relay healthcheck  exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
+  relay version      print the version
+  relay --help       print this help
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	envconfig.Usagef(prefix, &config{}, tw, usageFormat)
+	tw.Flush()
+}
+
+const usageFormat = `Configuration (environment variables):
+
+NAME	DEFAULT	MEANING
+{{range .}}{{usage_key .}}	{{usage_default .}}	{{usage_description .}}
+{{end}}`
+
+// loadConfig reads and validates the configuration.
+func loadConfig() (config, error) {
+	var cfg config
+	if err := envconfig.CheckDisallowed(prefix, &cfg); err != nil {
+		return cfg, fmt.Errorf("%w (see relay --help)", err)
+	}
+	if err := envconfig.Process(prefix, &cfg); err != nil {
+		return cfg, err
+	}
+	if cfg.AuthTokensFile != "" {
+		tokens, err := node.ReadTokenFile(cfg.AuthTokensFile)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.AuthTokens = append(cfg.AuthTokens, tokens...)
+	}
+	switch cfg.LogFormat {
+	case "auto", "text", "json":
+	default:
+		return cfg, fmt.Errorf("RELAY_LOG_FORMAT: %q; want auto, text or json", cfg.LogFormat)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return cfg, fmt.Errorf("RELAY_LOG_LEVEL: %q; want debug, info, warn or error", cfg.LogLevel)
+	}
+	if err := cfg.Config.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	text := cfg.LogFormat == "text"
+	if cfg.LogFormat == "auto" {
+		f, ok := w.(*os.File)
+		text = ok && term.IsTerminal(int(f.Fd()))
+	}
+	if text {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func serve(stderr io.Writer) int {
+	cfg, err := loadConfig()
+	if err != nil {
+		fmt.Fprintln(stderr, "relay:", oneLine(err))
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+
+	var broker pubsub.Broker
+	if cfg.URL == "" {
+		broker = pubsub.NewMemory()
+		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
+	} else {
+		rb, err := pubsub.NewRedis(cfg.RedisConfig, log.With("component", "redis"))
+		if err != nil {
+			fmt.Fprintln(stderr, "relay: RELAY_"+oneLine(err))
+			return 2
+		}
+		broker = rb
+		log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+	}
+	defer broker.Close()
+
+	n, err := node.New(cfg.Config, broker, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "relay:", oneLine(err))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := n.Run(ctx); err != nil {
+		log.Error("node stopped", "err", err)
+		return 1
+	}
+	log.Info("node stopped")
+	return 0
+}
+
+// oneLine joins a multi-error into one line.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+// redactURL drops the password of a Redis URL for logging.
+func redactURL(s string) string {
+	if i := strings.Index(s, "@"); i >= 0 {
+		if j := strings.Index(s, "://"); j >= 0 && j < i {
+			return s[:j+3] + "***" + s[i:]
+		}
+	}
+	return s
+}
+
+// healthcheck asks the local node's /healthz; the container image has no
+// shell or curl, so the binary checks itself.
+func healthcheck(stderr io.Writer) int {
+	addr := os.Getenv("RELAY_ADDR")
+	if addr == "" {
+		addr = ":8080"
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "relay healthcheck: RELAY_ADDR:", err)
+		return 1
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get("http://" + net.JoinHostPort("127.0.0.1", port) + "/healthz")
+	if err != nil {
+		fmt.Fprintln(stderr, "relay healthcheck:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(stderr, "relay healthcheck: status", resp.Status)
+		return 1
+	}
+	return 0
+}

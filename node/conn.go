@@ -1,0 +1,212 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/relay-pubsub/relay/node/protocol"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// frame is one outbound WebSocket message. It is immutable and shared by
+// every subscriber it is queued for.
+type frame struct {
+	typ  websocket.MessageType
+	data []byte
+}
+
+// newRawFrame is the raw-mode form of m: its payload with its opcode. A
+// payload from outside Relay (a plain PUBLISH) is text when it is valid
+// UTF-8, and binary otherwise, since a text frame must be UTF-8.
+func newRawFrame(m pubsub.Message) *frame {
+	typ := websocket.MessageText
+	if m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload)) {
+		typ = websocket.MessageBinary
+	}
+	return &frame{typ: typ, data: m.Payload}
+}
+
+// closeError is why the server closes a connection: the close code and
+// reason sent to the client, and whether what is queued is sent first.
+type closeError struct {
+	code   websocket.StatusCode
+	reason string
+	flush  bool
+}
+
+func (e *closeError) Error() string { return fmt.Sprintf("close %d: %s", e.code, e.reason) }
+
+// Why the server closes a connection. Reasons are short: a close frame
+// carries at most 123 bytes of reason.
+var (
+	errSlowConsumer   = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
+	errWriteTimeout   = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
+	errBrokerDown     = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
+	errServerShutdown = &closeError{protocol.CloseGoingAway, "server shutting down", true}
+)
+
+// mode is what a connection speaks.
+type mode string
+
+const (
+	modeRaw  mode = "raw"
+	modeEcho mode = "echo"
+)
+
+// conn is one client connection.
+//
+// Goroutines: one reader (readLoop) for the connection's life, and a writer
+// (writeLoop) that runs only while the queue is not empty or a close is due;
+// so an idle connection costs one goroutine. Only the writer writes data
+// frames and closes the WebSocket.
+type conn struct {
+	n       *Node
+	id      uint64
+	mode    mode
+	channel string // raw mode
+	echo    bool   // deliver the connection's own publishes back to it
+	remote  string
+	opened  time.Time
+
+	ws *websocket.Conn
+	nc *corkConn
+
+	mu      sync.Mutex
+	queue   []*frame
+	spare   []*frame // the previous batch's array, reused
+	queued  int      // bytes in queue
+	writing bool     // a writer runs, or the connection is not open yet
+	cause   error    // why the connection closes; set once
+	writers sync.WaitGroup
+}
+
+// enqueue puts f in the outbound queue, starting the writer if none runs.
+// It never blocks: a full queue closes the connection as a slow consumer.
+func (c *conn) enqueue(f *frame) {
+	c.mu.Lock()
+	if c.cause != nil {
+		c.mu.Unlock()
+		return
+	}
+	if len(c.queue) >= c.n.cfg.QueueMessages || c.queued+len(f.data) > c.n.cfg.QueueBytes {
+		c.closeLocked(errSlowConsumer)
+		c.mu.Unlock()
+		return
+	}
+	c.queue = append(c.queue, f)
+	c.queued += len(f.data)
+	c.startWriterLocked()
+	c.mu.Unlock()
+}
+
+// open marks the WebSocket ready for writing and sends what was queued
+// while the upgrade completed.
+func (c *conn) open() {
+	c.mu.Lock()
+	c.writing = false
+	if len(c.queue) > 0 || c.cause != nil {
+		c.startWriterLocked()
+	}
+	c.mu.Unlock()
+}
+
+func (c *conn) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.writers.Add(1)
+	go c.writeLoop()
+}
+
+// close asks the writer to close the connection for cause. Only the first
+// cause counts.
+func (c *conn) close(cause error) {
+	c.mu.Lock()
+	c.closeLocked(cause)
+	c.mu.Unlock()
+}
+
+func (c *conn) closeLocked(cause error) {
+	if c.cause != nil {
+		return
+	}
+	c.cause = cause
+	c.startWriterLocked()
+}
+
+// writeLoop sends the queue in batches, each batch with one write to the
+// socket, until the queue is empty; then it exits. When a close is due it
+// sends (or drops) what is queued, closes the WebSocket and exits.
+func (c *conn) writeLoop() {
+	defer c.writers.Done()
+	for {
+		c.mu.Lock()
+		batch, cause := c.queue, c.cause
+		var ce *closeError
+		if cause != nil && (!errors.As(cause, &ce) || !ce.flush) {
+			batch = nil
+		}
+		if len(batch) == 0 && cause == nil {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+		c.mu.Unlock()
+
+		if len(batch) > 0 {
+			if err := c.writeBatch(batch); err != nil {
+				c.close(errWriteTimeout)
+				c.ws.CloseNow()
+				return
+			}
+			clear(batch) // let the frames go
+			c.mu.Lock()
+			c.spare = batch[:0]
+			c.mu.Unlock()
+			continue
+		}
+		if ce != nil {
+			c.ws.Close(ce.code, ce.reason)
+		} else {
+			c.ws.CloseNow()
+		}
+		return
+	}
+}
+
+// writeBatch writes every frame of batch with one write to the socket (or
+// a few, for a large batch), within the write timeout.
+func (c *conn) writeBatch(batch []*frame) error {
+	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
+	for _, f := range batch {
+		if err := c.ws.Write(context.Background(), f.typ, f.data); err != nil {
+			c.nc.uncork()
+			return err
+		}
+	}
+	return c.nc.uncork()
+}
+
+// closeCode is the close code of a connection that ended with err: the
+// server's own cause, or what the peer sent.
+func closeCode(cause, readErr error) (websocket.StatusCode, string) {
+	var ce *closeError
+	if errors.As(cause, &ce) {
+		return ce.code, "server"
+	}
+	if errors.Is(readErr, websocket.ErrMessageTooBig) {
+		return protocol.CloseMessageTooBig, "server"
+	}
+	if code := websocket.CloseStatus(readErr); code != -1 {
+		return code, "client"
+	}
+	return websocket.StatusAbnormalClosure, "client"
+}

@@ -1,0 +1,150 @@
+package node
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// hub fans the messages of each channel out to the node's local
+// subscribers. It holds one broker subscription per channel with at least
+// one local subscriber: subscribed with the first, stopped after the last.
+//
+// The broker calls a channel's deliver on its own goroutine; deliver never
+// blocks and never writes to a socket: it encodes the message once and puts
+// the same frame in each subscriber's bounded queue.
+type hub struct {
+	broker pubsub.Broker
+	nodeID string
+
+	mu       sync.Mutex
+	channels map[string]*hubChannel
+}
+
+type hubChannel struct {
+	hub  *hub
+	name string
+	// subs is replaced under hub.mu, never modified, so deliver reads it
+	// without a lock.
+	subs atomic.Pointer[[]*conn]
+
+	ready chan struct{} // closed once the broker subscription is settled
+	stop  func()        // set before ready closes; nil if err
+	err   error
+}
+
+func newHub(b pubsub.Broker, nodeID string) *hub {
+	return &hub{broker: b, nodeID: nodeID, channels: make(map[string]*hubChannel)}
+}
+
+// subscribe adds c to the subscribers of channel and returns once the
+// node's broker subscription of it is live.
+func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
+	h.mu.Lock()
+	hc := h.channels[channel]
+	first := hc == nil
+	if first {
+		hc = &hubChannel{hub: h, name: channel, ready: make(chan struct{})}
+		h.channels[channel] = hc
+	}
+	hc.add(c)
+	h.mu.Unlock()
+
+	if first {
+		hc.stop, hc.err = h.broker.Subscribe(ctx, channel, hc.deliver)
+		close(hc.ready)
+	} else {
+		select {
+		case <-hc.ready:
+		case <-ctx.Done():
+			h.unsubscribe(channel, c)
+			return ctx.Err()
+		}
+	}
+	if hc.err != nil {
+		h.unsubscribe(channel, c)
+		return hc.err
+	}
+	return nil
+}
+
+// unsubscribe removes c from channel's subscribers, stopping the broker
+// subscription after the last one.
+func (h *hub) unsubscribe(channel string, c *conn) {
+	h.mu.Lock()
+	hc := h.channels[channel]
+	if hc == nil || !hc.remove(c) {
+		h.mu.Unlock()
+		return
+	}
+	last := len(*hc.subs.Load()) == 0
+	if last {
+		delete(h.channels, channel)
+	}
+	h.mu.Unlock()
+	if last {
+		<-hc.ready
+		if hc.stop != nil {
+			hc.stop()
+		}
+	}
+}
+
+// channelCount reports the channels with local subscribers.
+func (h *hub) channelCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.channels)
+}
+
+func (hc *hubChannel) add(c *conn) {
+	var old []*conn
+	if p := hc.subs.Load(); p != nil {
+		old = *p
+	}
+	subs := make([]*conn, len(old), len(old)+1)
+	copy(subs, old)
+	subs = append(subs, c)
+	hc.subs.Store(&subs)
+}
+
+func (hc *hubChannel) remove(c *conn) bool {
+	p := hc.subs.Load()
+	if p == nil {
+		return false
+	}
+	old := *p
+	for i, s := range old {
+		if s == c {
+			subs := make([]*conn, 0, len(old)-1)
+			subs = append(subs, old[:i]...)
+			subs = append(subs, old[i+1:]...)
+			hc.subs.Store(&subs)
+			return true
+		}
+	}
+	return false
+}
+
+// deliver hands m to every local subscriber of the channel. It runs on the
+// broker's goroutine. The frame is built once, lazily per wire form, and
+// shared: enqueueing it allocates nothing per subscriber.
+func (hc *hubChannel) deliver(m pubsub.Message) {
+	p := hc.subs.Load()
+	if p == nil {
+		return
+	}
+	fromHere := m.Origin == hc.hub.nodeID
+	var raw *frame
+	for _, c := range *p {
+		if fromHere && m.Conn == c.id && !c.echo {
+			continue
+		}
+		if raw == nil {
+			raw = newRawFrame(m)
+		}
+		c.enqueue(raw)
+	}
+}

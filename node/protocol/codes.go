@@ -1,0 +1,40 @@
+package protocol
+
+// Code is a stable, machine-readable error code, carried as "code" in HTTP
+// error bodies and protocol-mode error replies.
+type Code string
+
+// The error codes. Clients branch on them; they never change meaning.
+const (
+	CodeBadRequest      Code = "bad_request"
+	CodeUnauthorized    Code = "unauthorized"
+	CodeForbidden       Code = "forbidden"
+	CodeNotFound        Code = "not_found"
+	CodeUpgradeRequired Code = "upgrade_required"
+	CodeInvalidChannel  Code = "invalid_channel"
+	CodeUnknownCommand  Code = "unknown_command"
+	CodeLimitExceeded   Code = "limit_exceeded"
+	CodeUnavailable     Code = "unavailable"
+	CodeInternal        Code = "internal"
+)
+
+// Close codes Relay sends, with the standard meanings of RFC 6455 where one
+// fits. The reason of every close says more.
+const (
+	CloseNormal          = 1000 // the client or server ended the session
+	CloseGoingAway       = 1001 // the server is shutting down at once
+	ClosePolicyViolation = 1008 // forbidden, or too many bad commands
+	CloseMessageTooBig   = 1009 // a message over the size limit
+	CloseInternalError   = 1011 // an unexpected server error
+	CloseServiceRestart  = 1012 // the node is draining: reconnect, another node serves you
+	CloseTryAgainLater   = 1013 // overloaded, slow consumer or broker down: reconnect with backoff
+)
+
+// Error is the body of every error: an HTTP error response, or the "error"
+// of a protocol-mode reply.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Message }
