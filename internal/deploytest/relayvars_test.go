@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -41,9 +42,10 @@ var (
 	relayVarsFrom string
 )
 
-// relayVars returns the RELAY_ variables the binary knows: those that
-// `go run ./cmd/relay --help` prints, or contractVars while the binary
-// does not print them yet.
+// relayVars returns the RELAY_ variables the deployment files may set:
+// those that `go run ./cmd/relay --help` prints, plus contractVars, the
+// ones the design promises (logged while the binary lacks them: the node
+// refuses to start with a RELAY_ variable it does not know).
 func relayVars(t *testing.T) []string {
 	t.Helper()
 	relayVarsOnce.Do(func() {
@@ -58,8 +60,18 @@ func relayVars(t *testing.T) []string {
 		if !slices.Contains(found, "RELAY_ADDR") {
 			return
 		}
-		slices.Sort(found)
-		relayVarsList, relayVarsFrom = slices.Compact(found), "relay --help"
+		var missing []string
+		for _, v := range contractVars {
+			if !slices.Contains(found, v) {
+				missing = append(missing, v)
+			}
+		}
+		all := append(found, contractVars...)
+		slices.Sort(all)
+		relayVarsList, relayVarsFrom = slices.Compact(all), "relay --help and the design"
+		if len(missing) > 0 {
+			relayVarsFrom += fmt.Sprintf(" (relay --help lacks %v: a node started with them set fails)", missing)
+		}
 	})
 	t.Logf("RELAY_ variables from %s: %v", relayVarsFrom, relayVarsList)
 	return relayVarsList
