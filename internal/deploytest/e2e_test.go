@@ -44,7 +44,7 @@ func TestComposeE2E(t *testing.T) {
 	start := time.Now()
 
 	s := buildStandins(t, ctx)
-	timed(t, "app image "+appImage, func() error { return buildApp(ctx, s) })
+	timed(t, "app image "+appImage, func() error { return buildApp(t, ctx, s) })
 	checkAppImage(t, ctx)
 
 	stack := up(t, ctx, s)
@@ -78,7 +78,8 @@ func TestComposeE2E(t *testing.T) {
 	phase(t, "stop relay-2", func() {
 		victims := pool.on("relay-2")
 		stopped := make(chan error, 1)
-		go func() { stopped <- stack.compose(ctx, "stop", "-t", "30", "relay-2") }()
+		// No -t: the compose file's stop_grace_period is under test too.
+		go func() { stopped <- stack.compose(ctx, "stop", "relay-2") }()
 		for _, c := range victims {
 			select {
 			case <-c.done:
@@ -135,10 +136,15 @@ func TestComposeE2E(t *testing.T) {
 	// Stop Redis: the nodes report not-ready; start it: they are ready
 	// again and delivery resumes.
 	phase(t, "stop and start redis", func() {
+		if out, err := stack.composeOut(ctx, "exec", "-T", "redis", "redis-cli", "config", "get", "appendonly"); err != nil ||
+			!strings.Contains(out, "yes") {
+			t.Errorf("redis appendonly = %q, %v; want yes", out, err)
+		}
 		if err := stack.compose(ctx, "stop", "redis"); err != nil {
 			t.Fatal(err)
 		}
-		stack.awaitReady(t, ctx, http.StatusServiceUnavailable, 1)
+		// Three in a row: the load balancer spreads them over the nodes.
+		stack.awaitReady(t, ctx, http.StatusServiceUnavailable, 3)
 		if err := stack.compose(ctx, "start", "redis"); err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +184,7 @@ func randHex(n int) string {
 }
 
 // buildApp builds the repository's Dockerfile with the stand-in bases.
-func buildApp(ctx context.Context, s standins) error {
+func buildApp(t *testing.T, ctx context.Context, s standins) error {
 	args := []string{"build", "-q",
 		"--build-arg", "GO_IMAGE=" + s.golang,
 		"--build-arg", "RUNTIME_IMAGE=" + s.runtime,
@@ -189,11 +195,17 @@ func buildApp(ctx context.Context, s standins) error {
 		return err
 	}
 	c := command{dir: root, timeout: 10 * time.Minute}
-	if _, err := c.run(ctx, dockerBin(), append(args, "--target", "build", "-t", appBuildImage, ".")...); err != nil {
+	err = timedErr(t, "  build stage "+appBuildImage, func() error {
+		_, err := c.run(ctx, dockerBin(), append(args, "--target", "build", "-t", appBuildImage, ".")...)
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	_, err = c.run(ctx, dockerBin(), append(args, "-t", appImage, ".")...)
-	return err
+	return timedErr(t, "  final stage "+appImage, func() error {
+		_, err := c.run(ctx, dockerBin(), append(args, "-t", appImage, ".")...)
+		return err
+	})
 }
 
 // checkAppImage checks the image's contract: version stamped, numeric
