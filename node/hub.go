@@ -92,13 +92,6 @@ func (h *hub) unsubscribe(channel string, c *conn) {
 	}
 }
 
-// channelCount reports the channels with local subscribers.
-func (h *hub) channelCount() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.channels)
-}
-
 func (hc *hubChannel) add(c *conn) {
 	var old []*conn
 	if p := hc.subs.Load(); p != nil {

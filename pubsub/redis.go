@@ -30,6 +30,26 @@ type RedisConfig struct {
 	Timeout time.Duration `envconfig:"REDIS_TIMEOUT" default:"3s" desc:"bound on one Redis operation: dial, publish round trip, subscribe"`
 }
 
+// Validate reports the first invalid field, naming its variable. An empty
+// URL is valid: the node then runs the in-memory broker.
+func (c *RedisConfig) Validate() error {
+	if c.Subscribers < 1 || c.Subscribers > 64 {
+		return fmt.Errorf("RELAY_REDIS_SUBSCRIBERS: %d; want 1-64", c.Subscribers)
+	}
+	if c.Pipelines < 1 || c.Pipelines > 64 {
+		return fmt.Errorf("RELAY_REDIS_PIPELINES: %d; want 1-64", c.Pipelines)
+	}
+	if c.Timeout <= 0 {
+		return fmt.Errorf("RELAY_REDIS_TIMEOUT: %v; want a positive duration such as 3s", c.Timeout)
+	}
+	if c.URL != "" {
+		if _, err := redis.ParseURL(c.URL); err != nil {
+			return fmt.Errorf("RELAY_REDIS_URL: %w; want redis://host:port/db, rediss:// or unix://", err)
+		}
+	}
+	return nil
+}
+
 // maxPipeline is the most publishes one pipeline carries.
 const maxPipeline = 512
 
@@ -67,18 +87,12 @@ var pubReqPool = sync.Pool{New: func() any { return &pubReq{done: make(chan stru
 // does not wait for Redis: a broker made while Redis is down answers
 // ErrUnavailable until Redis is back.
 func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
-	if cfg.Subscribers < 1 || cfg.Subscribers > 64 {
-		return nil, fmt.Errorf("REDIS_SUBSCRIBERS: %d is outside 1-64", cfg.Subscribers)
-	}
-	if cfg.Pipelines < 1 || cfg.Pipelines > 64 {
-		return nil, fmt.Errorf("REDIS_PIPELINES: %d is outside 1-64", cfg.Pipelines)
-	}
-	if cfg.Timeout <= 0 {
-		return nil, fmt.Errorf("REDIS_TIMEOUT: %v is not positive", cfg.Timeout)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	opt, err := redis.ParseURL(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+		return nil, fmt.Errorf("RELAY_REDIS_URL: %w", err)
 	}
 	opt.DialTimeout = cfg.Timeout
 	opt.ReadTimeout = cfg.Timeout

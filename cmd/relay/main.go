@@ -48,7 +48,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 {
-		cmd, args = args[0], args[1:]
+		cmd = args[0]
 	}
 	switch cmd {
 	case "serve":
@@ -117,6 +117,9 @@ func loadConfig() (config, error) {
 	if err := cfg.Config.Validate(); err != nil {
 		return cfg, err
 	}
+	if err := cfg.RedisConfig.Validate(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -150,7 +153,7 @@ func serve(stderr io.Writer) int {
 	} else {
 		rb, err := pubsub.NewRedis(cfg.RedisConfig, log.With("component", "redis"))
 		if err != nil {
-			fmt.Fprintln(stderr, "relay: RELAY_"+oneLine(err))
+			fmt.Fprintln(stderr, "relay:", oneLine(err))
 			return 2
 		}
 		broker = rb

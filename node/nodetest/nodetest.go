@@ -1,0 +1,137 @@
+// Package nodetest runs Relay nodes in-process for tests, like httptest
+// runs HTTP servers: each on its own loopback listener, stopped at the end
+// of the test.
+package nodetest
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/relay-pubsub/relay/node"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// Timeout bounds every wait in tests that use this package; it is a
+// failure bound, never a measure of speed.
+const Timeout = 10 * time.Second
+
+// Config returns a node configuration with the defaults of cmd/relay.
+func Config() node.Config {
+	return node.Config{
+		Addr:            "127.0.0.1:0",
+		MaxMessageBytes: 64 << 10,
+		QueueMessages:   4096,
+		QueueBytes:      4 << 20,
+		WriteTimeout:    10 * time.Second,
+	}
+}
+
+// Server is a node serving on a loopback listener.
+type Server struct {
+	*node.Node
+	// URL is the node's base URL, http://127.0.0.1:port.
+	URL string
+	// WS is the node's base WebSocket URL, ws://127.0.0.1:port.
+	WS string
+}
+
+// Start starts a node with cfg and broker b. At the end of the test the
+// node is shut down and Start waits for its goroutines.
+func Start(t testing.TB, cfg node.Config, b pubsub.Broker) *Server {
+	t.Helper()
+	n, err := node.New(cfg, b, nil)
+	if err != nil {
+		t.Fatalf("node.New: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	addr := ln.Addr().String()
+	return &Server{Node: n, URL: "http://" + addr, WS: "ws://" + addr}
+}
+
+// Dial opens a WebSocket to url, closed at the end of the test.
+func Dial(t testing.TB, url string, header http.Header) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: header})
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, status)
+	}
+	c.SetReadLimit(1 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// Read reads one message from c, failing t after Timeout.
+func Read(t testing.TB, c *websocket.Conn) (websocket.MessageType, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	typ, data, err := c.Read(ctx)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return typ, string(data)
+}
+
+// ReadText reads one text message from c.
+func ReadText(t testing.TB, c *websocket.Conn) string {
+	t.Helper()
+	typ, s := Read(t, c)
+	if typ != websocket.MessageText {
+		t.Fatalf("read %v message %q, want text", typ, s)
+	}
+	return s
+}
+
+// Write sends a text message on c.
+func Write(t testing.TB, c *websocket.Conn, s string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
+		t.Fatalf("write %q: %v", s, err)
+	}
+}
+
+// ReadClose reads until c is closed, skipping data messages, and returns
+// the close code and reason the server sent; it fails t if the connection
+// ends without a close frame.
+func ReadClose(t testing.TB, c *websocket.Conn) (websocket.StatusCode, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	for {
+		_, _, err := c.Read(ctx)
+		if err == nil {
+			continue
+		}
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("read: %v, want a close frame", err)
+		}
+		return ce.Code, ce.Reason
+	}
+}

@@ -1,0 +1,292 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/relay-pubsub/relay/internal/testenv"
+	"github.com/relay-pubsub/relay/node"
+	"github.com/relay-pubsub/relay/node/nodetest"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// cluster starts n nodes, each with its own Redis broker, against one
+// redis-server.
+func cluster(t *testing.T, r *testenv.Redis, n int) []*nodetest.Server {
+	t.Helper()
+	var nodes []*nodetest.Server
+	for i := range n {
+		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := nodetest.Config()
+		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
+		s := nodetest.Start(t, cfg, b)
+		t.Cleanup(func() { b.Close() }) // after the node stops (cleanups run last first)
+		nodes = append(nodes, s)
+	}
+	return nodes
+}
+
+func single(t *testing.T) *nodetest.Server {
+	t.Helper()
+	return nodetest.Start(t, nodetest.Config(), pubsub.NewMemory())
+}
+
+// TestRawAcrossNodes: with two and three nodes on one Redis, a subscriber
+// on every node receives what is published on any node, exactly once and
+// in order; the sender does not get its own messages.
+func TestRawAcrossNodes(t *testing.T) {
+	for _, n := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d nodes", n), func(t *testing.T) {
+			nodes := cluster(t, testenv.StartRedis(t), n)
+			var conns []*websocket.Conn
+			for _, s := range nodes {
+				conns = append(conns, nodetest.Dial(t, s.WS+"/ws/lobby", nil))
+			}
+			const each = 20
+			for i, c := range conns {
+				for j := range each {
+					nodetest.Write(t, c, fmt.Sprintf("from %d #%d", i, j))
+				}
+			}
+			for i, c := range conns {
+				next := make([]int, len(conns))
+				for range each * (len(conns) - 1) {
+					var from, seq int
+					msg := nodetest.ReadText(t, c)
+					if _, err := fmt.Sscanf(msg, "from %d #%d", &from, &seq); err != nil {
+						t.Fatalf("conn %d read %q", i, msg)
+					}
+					if from == i {
+						t.Fatalf("conn %d received its own message %q", i, msg)
+					}
+					if seq != next[from] {
+						t.Fatalf("conn %d: from %d got #%d, want #%d", i, from, seq, next[from])
+					}
+					next[from]++
+				}
+			}
+			// Exactly once: a marker from conn 1 is the next message conn 0
+			// sees; a duplicate would come first.
+			nodetest.Write(t, conns[1], "marker")
+			if got := nodetest.ReadText(t, conns[0]); got != "marker" {
+				t.Fatalf("after all messages conn 0 read %q, want marker", got)
+			}
+		})
+	}
+}
+
+func TestRawEcho(t *testing.T) {
+	nodes := cluster(t, testenv.StartRedis(t), 2)
+	self := nodetest.Dial(t, nodes[0].WS+"/ws/room?echo=true", nil)
+	other := nodetest.Dial(t, nodes[1].WS+"/ws/room", nil)
+	nodetest.Write(t, self, "hello")
+	if got := nodetest.ReadText(t, self); got != "hello" {
+		t.Errorf("echo=true sender read %q, want its own hello", got)
+	}
+	if got := nodetest.ReadText(t, other); got != "hello" {
+		t.Errorf("other node read %q, want hello", got)
+	}
+}
+
+func TestRawOpcodesPreserved(t *testing.T) {
+	s := single(t)
+	a := nodetest.Dial(t, s.WS+"/ws/bin", nil)
+	b := nodetest.Dial(t, s.WS+"/ws/bin", nil)
+	payload := []byte{0, 0xff, 0xfe, 'x'}
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+	defer cancel()
+	if err := a.Write(ctx, websocket.MessageBinary, payload); err != nil {
+		t.Fatal(err)
+	}
+	nodetest.Write(t, a, "text")
+	if typ, got := nodetest.Read(t, b); typ != websocket.MessageBinary || got != string(payload) {
+		t.Errorf("read %v %q, want binary %q", typ, got, payload)
+	}
+	if typ, got := nodetest.Read(t, b); typ != websocket.MessageText || got != "text" {
+		t.Errorf("read %v %q, want text", typ, got)
+	}
+}
+
+// TestPlainRedisPublish: a PUBLISH from any Redis client reaches the
+// subscribers of the channel on every node as a text frame.
+func TestPlainRedisPublish(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := cluster(t, r, 2)
+	a := nodetest.Dial(t, nodes[0].WS+"/ws/news", nil)
+	b := nodetest.Dial(t, nodes[1].WS+"/ws/news", nil)
+	if err := r.Client(t).Publish(context.Background(), "relay:news", "hello").Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range []*websocket.Conn{a, b} {
+		if typ, got := nodetest.Read(t, c); typ != websocket.MessageText || got != "hello" {
+			t.Errorf("node %d subscriber read %v %q, want text hello", i+1, typ, got)
+		}
+	}
+}
+
+// TestRedisRestartRaw: Redis stopped and started mid-test; subscribers on
+// both nodes receive what is published after it returns.
+func TestRedisRestartRaw(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := cluster(t, r, 2)
+	a := nodetest.Dial(t, nodes[0].WS+"/ws/news", nil)
+	b := nodetest.Dial(t, nodes[1].WS+"/ws/news", nil)
+	nodetest.Write(t, a, "before")
+	if got := nodetest.ReadText(t, b); got != "before" {
+		t.Fatalf("read %q, want before", got)
+	}
+	r.Stop()
+	r.Start()
+	testenv.WaitFor(t, 20*time.Second, "both nodes subscribed again", func() bool {
+		return r.NumSub(t, "relay:news")["relay:news"] == 2
+	})
+	c := nodetest.Dial(t, nodes[1].WS+"/ws/news", nil)
+	nodetest.Write(t, c, "after")
+	for i, conn := range []*websocket.Conn{a, b} {
+		if got := nodetest.ReadText(t, conn); got != "after" {
+			t.Errorf("subscriber %d read %q, want after", i, got)
+		}
+	}
+}
+
+func TestNoTrafficWithoutLocalInterest(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := cluster(t, r, 2)
+	c := nodetest.Dial(t, nodes[0].WS+"/ws/only-here", nil)
+	if got := r.NumSub(t, "relay:only-here")["relay:only-here"]; got != 1 {
+		t.Fatalf("NUMSUB = %d with one node interested, want 1", got)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	testenv.WaitFor(t, 10*time.Second, "the node's subscription to go", func() bool {
+		return r.NumSub(t, "relay:only-here")["relay:only-here"] == 0
+	})
+}
+
+func TestEcho(t *testing.T) {
+	s := single(t)
+	for _, path := range []string{"/echo", "/"} {
+		c := nodetest.Dial(t, s.WS+path, nil)
+		nodetest.Write(t, c, "Hello, Server!")
+		if got := nodetest.ReadText(t, c); got != "Server received: Hello, Server!" {
+			t.Errorf("%s answered %q", path, got)
+		}
+	}
+}
+
+func TestNodeHeader(t *testing.T) {
+	s := single(t)
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, s.WS+"/ws/x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	if got := resp.Header.Get("X-Relay-Node"); got != s.ID() {
+		t.Errorf("X-Relay-Node = %q, want %q", got, s.ID())
+	}
+}
+
+// TestBadInput: each bad request gets its documented answer while a
+// well-behaved client on the same node keeps working.
+func TestBadInput(t *testing.T) {
+	s := single(t)
+	good := nodetest.Dial(t, s.WS+"/ws/good", nil)
+	peer := nodetest.Dial(t, s.WS+"/ws/good", nil)
+	stillWorks := func(t *testing.T, msg string) {
+		t.Helper()
+		nodetest.Write(t, peer, msg)
+		if got := nodetest.ReadText(t, good); got != msg {
+			t.Fatalf("well-behaved client read %q, want %q", got, msg)
+		}
+	}
+
+	httpTests := []struct {
+		name, path string
+		upgrade    bool
+		status     int
+		code       string
+	}{
+		{"unknown path", "/nope", false, http.StatusNotFound, "not_found"},
+		{"plain GET of /ws/x", "/ws/x", false, http.StatusUpgradeRequired, "upgrade_required"},
+		{"bad channel", "/ws/has%20space", true, http.StatusBadRequest, "invalid_channel"},
+		{"long channel", "/ws/" + strings.Repeat("a", 256), true, http.StatusBadRequest, "invalid_channel"},
+		{"bad echo flag", "/ws/x?echo=maybe", true, http.StatusBadRequest, "bad_request"},
+	}
+	for _, tt := range httpTests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", s.URL+tt.path, nil)
+			if tt.upgrade {
+				req.Header.Set("Connection", "Upgrade")
+				req.Header.Set("Upgrade", "websocket")
+				req.Header.Set("Sec-WebSocket-Version", "13")
+				req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			}
+			status, code := doJSON(t, req)
+			if status != tt.status || code != tt.code {
+				t.Errorf("GET %s = %d %q, want %d %q", tt.path, status, code, tt.status, tt.code)
+			}
+			stillWorks(t, tt.name)
+		})
+	}
+
+	t.Run("message too big", func(t *testing.T) {
+		c := nodetest.Dial(t, s.WS+"/ws/good", nil)
+		ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+		defer cancel()
+		c.Write(ctx, websocket.MessageText, make([]byte, 64<<10+1))
+		if code, _ := nodetest.ReadClose(t, c); code != websocket.StatusMessageTooBig {
+			t.Errorf("close code %d, want 1009", code)
+		}
+		stillWorks(t, "after too big")
+	})
+}
+
+func TestAuth(t *testing.T) {
+	cfg := nodetest.Config()
+	cfg.AuthTokens = node.Secrets{"expected_token", "second"}
+	s := nodetest.Start(t, cfg, pubsub.NewMemory())
+	for _, h := range []string{"expected_token", "Bearer expected_token", "bearer second"} {
+		c := nodetest.Dial(t, s.WS+"/echo", http.Header{"Authorization": {h}})
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	for _, h := range []string{"", "wrong", "Bearer ", "Bearer wrong", "expected_token2", "Basic expected_token"} {
+		ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+		c, resp, err := websocket.Dial(ctx, s.WS+"/ws/x", &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {h}}})
+		cancel()
+		if err == nil {
+			c.CloseNow()
+			t.Errorf("Authorization %q: upgraded, want 401", h)
+			continue
+		}
+		if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Authorization %q: %v, want HTTP 401", h, err)
+		}
+	}
+}
+
+func doJSON(t *testing.T, req *http.Request) (int, string) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body struct{ Code, Message string }
+	if err := jsonDecode(resp, &body); err != nil {
+		t.Fatalf("%s %s: body is not a JSON error: %v", req.Method, req.URL.Path, err)
+	}
+	if body.Message == "" {
+		t.Errorf("%s %s: error without a message", req.Method, req.URL.Path)
+	}
+	return resp.StatusCode, body.Code
+}
