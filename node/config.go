@@ -36,6 +36,27 @@ type Config struct {
 	// WriteTimeout bounds one write to a client; a client that takes longer
 	// to accept data is disconnected.
 	WriteTimeout time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"a write to a client blocked longer than this closes the connection"`
+	// WriteDelay is the least time between two writes to one client:
+	// messages that arrive meanwhile go out together in one write (one
+	// syscall). The first message after a quiet spell goes out at once.
+	WriteDelay time.Duration `envconfig:"WRITE_DELAY" default:"5ms" desc:"least time between two writes to one client; messages arriving meanwhile share one write (fewer syscalls, at most this much added latency); 0 = write at once"`
+	// PingInterval is how often the node pings each client; a client whose
+	// pong does not come within PongTimeout is disconnected.
+	PingInterval time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"how often the node pings each client to find dead connections"`
+	PongTimeout  time.Duration `envconfig:"PONG_TIMEOUT" default:"10s" desc:"a client that has not answered a ping within this is disconnected"`
+	// DrainSeconds is how long a draining node (SIGTERM) takes to close its
+	// connections, spread over the first three quarters of it.
+	DrainSeconds int `envconfig:"DRAIN_SECONDS" default:"20" desc:"on SIGTERM, close connections with 1012 spread over this many seconds, then exit (fits Kubernetes' default 30 s grace period)"`
+	// MaxConnections bounds the node's connections; 0 means no bound.
+	MaxConnections int `envconfig:"MAX_CONNECTIONS" default:"10000" desc:"most WebSocket connections on this node; beyond it upgrades get 503 and /readyz fails (0 = no limit)"`
+	// MaxConnectionsPerIP bounds the connections from one remote address;
+	// 0 means no bound. Behind a load balancer every client has its address.
+	MaxConnectionsPerIP int `envconfig:"MAX_CONNECTIONS_PER_IP" default:"0" desc:"most connections from one remote IP; beyond it upgrades get 503 (0 = no limit; behind a proxy all clients share its IP)"`
+	// RawPublishRate and RawPublishBurst are a token bucket of the messages
+	// one raw-mode connection publishes: a client above the rate is read
+	// more slowly (TCP pushes back), nothing is dropped.
+	RawPublishRate  float64 `envconfig:"RAW_PUBLISH_RATE" default:"1000" desc:"raw mode: messages per second one connection may publish on average; a faster client is read more slowly, nothing is dropped; 0 = no limit"`
+	RawPublishBurst int     `envconfig:"RAW_PUBLISH_BURST" default:"1000" desc:"raw mode: messages one connection may publish at once above RELAY_RAW_PUBLISH_RATE"`
 }
 
 // Validate reports the first invalid field, naming its variable.
@@ -58,6 +79,30 @@ func (c *Config) Validate() error {
 	}
 	if c.WriteTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("RELAY_WRITE_TIMEOUT: %v; want a positive duration such as 10s", c.WriteTimeout))
+	}
+	if c.WriteDelay < 0 || c.WriteDelay > time.Second {
+		errs = append(errs, fmt.Errorf("RELAY_WRITE_DELAY: %v; want 0 to 1s, such as 5ms", c.WriteDelay))
+	}
+	if c.PingInterval <= 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PING_INTERVAL: %v; want a positive duration such as 25s", c.PingInterval))
+	}
+	if c.PongTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PONG_TIMEOUT: %v; want a positive duration such as 10s", c.PongTimeout))
+	}
+	if c.DrainSeconds < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_DRAIN_SECONDS: %d; want 0 or more seconds", c.DrainSeconds))
+	}
+	if c.MaxConnections < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_MAX_CONNECTIONS: %d; want 0 (no limit) or more", c.MaxConnections))
+	}
+	if c.MaxConnectionsPerIP < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_MAX_CONNECTIONS_PER_IP: %d; want 0 (no limit) or more", c.MaxConnectionsPerIP))
+	}
+	if c.RawPublishRate < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_RAW_PUBLISH_RATE: %v; want 0 (no limit) or a positive rate per second", c.RawPublishRate))
+	}
+	if c.RawPublishRate > 0 && c.RawPublishBurst < 1 {
+		errs = append(errs, fmt.Errorf("RELAY_RAW_PUBLISH_BURST: %d; want at least 1 when RELAY_RAW_PUBLISH_RATE is set", c.RawPublishBurst))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

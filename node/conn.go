@@ -45,10 +45,13 @@ func (e *closeError) Error() string { return fmt.Sprintf("close %d: %s", e.code,
 // Why the server closes a connection. Reasons are short: a close frame
 // carries at most 123 bytes of reason.
 var (
-	errSlowConsumer   = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
-	errWriteTimeout   = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
-	errBrokerDown     = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
-	errServerShutdown = &closeError{protocol.CloseGoingAway, "server shutting down", true}
+	errSlowConsumer = &closeError{protocol.CloseTryAgainLater, "slow consumer: outbound queue full", false}
+	errWriteTimeout = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
+	errBrokerDown   = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
+	errDraining     = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
+	// errPongTimeout ends a connection whose peer stopped answering; no
+	// close frame is sent (it would not be read), so 1006 is logged.
+	errPongTimeout = &closeError{websocket.StatusAbnormalClosure, "pong timeout", false}
 )
 
 // mode is what a connection speaks.
@@ -74,8 +77,11 @@ type conn struct {
 	remote  string
 	opened  time.Time
 
-	ws *websocket.Conn
-	nc *corkConn
+	ws      *websocket.Conn
+	nc      *corkConn
+	stats   modeMetrics
+	release func() // gives back the connection slot
+	pinger  *time.Timer
 
 	mu      sync.Mutex
 	queue   []*frame
@@ -97,6 +103,7 @@ func (c *conn) enqueue(f *frame) {
 	if len(c.queue) >= c.n.cfg.QueueMessages || c.queued+len(f.data) > c.n.cfg.QueueBytes {
 		c.closeLocked(errSlowConsumer)
 		c.mu.Unlock()
+		c.n.metrics.slowConsumers.Inc()
 		return
 	}
 	c.queue = append(c.queue, f)
@@ -142,8 +149,9 @@ func (c *conn) closeLocked(cause error) {
 }
 
 // writeLoop sends the queue in batches, each batch with one write to the
-// socket, until the queue is empty; then it exits. When a close is due it
-// sends (or drops) what is queued, closes the WebSocket and exits.
+// socket and at least WriteDelay apart, until the queue is empty; then it
+// exits. When a close is due it sends (or drops) what is queued, closes the
+// WebSocket and exits.
 func (c *conn) writeLoop() {
 	defer c.writers.Done()
 	for {
@@ -151,6 +159,9 @@ func (c *conn) writeLoop() {
 		batch, cause := c.queue, c.cause
 		var ce *closeError
 		if cause != nil && (!errors.As(cause, &ce) || !ce.flush) {
+			if len(batch) > 0 {
+				c.n.metrics.dropped.Add(float64(len(batch)))
+			}
 			batch = nil
 		}
 		if len(batch) == 0 && cause == nil {
@@ -171,9 +182,13 @@ func (c *conn) writeLoop() {
 			c.mu.Lock()
 			c.spare = batch[:0]
 			c.mu.Unlock()
+			if d := c.n.cfg.WriteDelay; d > 0 {
+				// Let what arrives meanwhile share the next write.
+				time.Sleep(d)
+			}
 			continue
 		}
-		if ce != nil {
+		if ce != nil && ce.code != websocket.StatusAbnormalClosure {
 			c.ws.Close(ce.code, ce.reason)
 		} else {
 			c.ws.CloseNow()
@@ -186,13 +201,39 @@ func (c *conn) writeLoop() {
 // a few, for a large batch), within the write timeout.
 func (c *conn) writeBatch(batch []*frame) error {
 	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
+	bytes := 0
 	for _, f := range batch {
 		if err := c.ws.Write(context.Background(), f.typ, f.data); err != nil {
 			c.nc.uncork()
 			return err
 		}
+		bytes += len(f.data)
 	}
-	return c.nc.uncork()
+	if err := c.nc.uncork(); err != nil {
+		return err
+	}
+	c.stats.sent.Add(float64(len(batch)))
+	c.stats.sentBytes.Add(float64(bytes))
+	return nil
+}
+
+// startPings pings the client every PingInterval; a client that does not
+// answer within PongTimeout is disconnected. The timer's goroutine exists
+// only while a ping is out.
+func (c *conn) startPings() {
+	c.pinger = time.AfterFunc(c.n.cfg.PingInterval, c.ping)
+}
+
+func (c *conn) stopPings() { c.pinger.Stop() }
+
+func (c *conn) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.PongTimeout)
+	defer cancel()
+	if err := c.ws.Ping(ctx); err != nil {
+		c.close(errPongTimeout)
+		return
+	}
+	c.pinger.Reset(c.n.cfg.PingInterval)
 }
 
 // closeCode is the close code of a connection that ended with err: the

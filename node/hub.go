@@ -4,6 +4,9 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -16,8 +19,11 @@ import (
 // blocks and never writes to a socket: it encodes the message once and puts
 // the same frame in each subscriber's bounded queue.
 type hub struct {
-	broker pubsub.Broker
-	nodeID string
+	broker  pubsub.Broker
+	nodeID  string
+	latency prometheus.Observer // delivery latency from envelope timestamps
+
+	subscriptions atomic.Int64 // connection and channel pairs
 
 	mu       sync.Mutex
 	channels map[string]*hubChannel
@@ -35,8 +41,8 @@ type hubChannel struct {
 	err   error
 }
 
-func newHub(b pubsub.Broker, nodeID string) *hub {
-	return &hub{broker: b, nodeID: nodeID, channels: make(map[string]*hubChannel)}
+func newHub(b pubsub.Broker, nodeID string, latency prometheus.Observer) *hub {
+	return &hub{broker: b, nodeID: nodeID, latency: latency, channels: make(map[string]*hubChannel)}
 }
 
 // subscribe adds c to the subscribers of channel and returns once the
@@ -51,6 +57,7 @@ func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
 	}
 	hc.add(c)
 	h.mu.Unlock()
+	h.subscriptions.Add(1)
 
 	if first {
 		hc.stop, hc.err = h.broker.Subscribe(ctx, channel, hc.deliver)
@@ -84,12 +91,20 @@ func (h *hub) unsubscribe(channel string, c *conn) {
 		delete(h.channels, channel)
 	}
 	h.mu.Unlock()
+	h.subscriptions.Add(-1)
 	if last {
 		<-hc.ready
 		if hc.stop != nil {
 			hc.stop()
 		}
 	}
+}
+
+// channelCount reports the channels with local subscribers.
+func (h *hub) channelCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.channels)
 }
 
 func (hc *hubChannel) add(c *conn) {
@@ -125,6 +140,9 @@ func (hc *hubChannel) remove(c *conn) bool {
 // broker's goroutine. The frame is built once, lazily per wire form, and
 // shared: enqueueing it allocates nothing per subscriber.
 func (hc *hubChannel) deliver(m pubsub.Message) {
+	if m.Time != 0 {
+		hc.hub.latency.Observe(time.Duration(time.Now().UnixNano() - m.Time).Seconds())
+	}
 	p := hc.subs.Load()
 	if p == nil {
 		return

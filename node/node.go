@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -20,24 +21,28 @@ import (
 
 // Node is one Relay node. It is safe for concurrent use.
 type Node struct {
-	cfg    Config
-	id     string
-	log    *slog.Logger
-	broker pubsub.Broker
-	hub    *hub
-	auth   *authenticator
-	mux    *http.ServeMux
+	cfg     Config
+	id      string
+	log     *slog.Logger
+	broker  pubsub.Broker
+	hub     *hub
+	auth    *authenticator
+	metrics *metrics
+	mux     *http.ServeMux
 
-	// ctx ends when the node shuts down; publishes and subscribes of
+	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	connSeq atomic.Uint64
-	readers sync.WaitGroup // one per connection
+	draining atomic.Bool
+	connSeq  atomic.Uint64
+	readers  sync.WaitGroup // one per connection
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
+	slots int            // connections open or being upgraded
+	perIP map[string]int // slots by remote IP, when limited
 }
 
 // New validates cfg and returns a node that publishes and subscribes
@@ -57,10 +62,12 @@ func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
 		id:     cfg.NodeID,
 		log:    log.With("node", cfg.NodeID),
 		broker: b,
-		hub:    newHub(b, cfg.NodeID),
 		auth:   newAuthenticator(cfg.AuthTokens),
 		conns:  make(map[*conn]struct{}),
+		perIP:  make(map[string]int),
 	}
+	n.metrics = newMetrics(n)
+	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.routes()
 	return n, nil
@@ -82,8 +89,10 @@ func (n *Node) Run(ctx context.Context) error {
 }
 
 // Serve serves HTTP and WebSocket connections on ln until ctx ends, then
-// closes every connection with 1001 and returns once all of the node's
-// goroutines have exited. It closes ln.
+// drains: /readyz fails and new upgrades get 503 at once, connections are
+// closed with 1012 spread over the first three quarters of the drain time,
+// and Serve returns once every connection has ended (or at the drain
+// deadline, closing what is left). It closes ln.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           n.mux,
@@ -100,12 +109,12 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	n.drain()
+	// Connections have ended; now stop serving plain HTTP too.
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(sctx) // hijacked connections are ours to close:
-	n.closeAll(errServerShutdown)
+	srv.Shutdown(sctx)
 	n.cancel()
-	n.readers.Wait()
 	if err == nil {
 		err = <-errc
 	}
@@ -121,19 +130,142 @@ func (n *Node) logStart(addr net.Addr) {
 		host = fmt.Sprintf("localhost:%d", a.Port)
 	}
 	n.log.Info("listening", "addr", addr.String(),
-		"raw", "ws://"+host+"/ws/{channel}", "echo", "ws://"+host+"/echo")
+		"raw", "ws://"+host+"/ws/{channel}", "echo", "ws://"+host+"/echo",
+		"health", "http://"+host+"/readyz", "metrics", "http://"+host+"/metrics")
 	if !n.auth.enabled() {
 		n.log.Warn("auth is off: any client may connect; set RELAY_AUTH_TOKENS to require a token")
 	}
 }
 
-// closeAll closes every connection for cause.
-func (n *Node) closeAll(cause error) {
+// drain closes every connection with 1012, spread over the drain window so
+// that clients do not all reconnect at once, and waits for them to end
+// until the drain deadline; what is left then is closed at once.
+func (n *Node) drain() {
+	n.draining.Store(true)
+	n.mu.Lock()
+	conns := make([]*conn, 0, len(n.conns))
+	for c := range n.conns {
+		conns = append(conns, c)
+	}
+	n.mu.Unlock()
+	total := time.Duration(n.cfg.DrainSeconds) * time.Second
+	window := total * 3 / 4
+	n.log.Info("draining", "conns", len(conns), "window", window, "deadline", total)
+	deadline := time.NewTimer(total)
+	defer deadline.Stop()
+
+	mrand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+	start := time.Now()
+	const tick = 10 * time.Millisecond
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for i := 0; i < len(conns); {
+		// Close the connections whose turn has come: the i-th at
+		// i/len × window.
+		due := len(conns)
+		if window > 0 {
+			due = min(len(conns), int(int64(len(conns))*int64(time.Since(start))/int64(window))+1)
+		}
+		for ; i < due; i++ {
+			conns[i].close(errDraining)
+		}
+		if i < len(conns) {
+			select {
+			case <-ticker.C:
+			case <-deadline.C:
+				n.closeNow()
+				n.readers.Wait()
+				return
+			}
+		}
+	}
+	// Connections whose upgrade was under way when the drain began.
+	n.mu.Lock()
+	for c := range n.conns {
+		c.close(errDraining)
+	}
+	n.mu.Unlock()
+	done := make(chan struct{})
+	go func() { n.readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-deadline.C:
+		n.log.Warn("drain deadline passed; closing the remaining connections at once")
+		n.closeNow()
+		<-done
+	}
+	n.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// closeNow closes every connection without a close handshake.
+func (n *Node) closeNow() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for c := range n.conns {
-		c.close(cause)
+		c.ws.CloseNow()
 	}
+}
+
+// reserve takes a connection slot for a request from remote, or says why
+// not: the node is draining or at a connection limit.
+func (n *Node) reserve(remote string) (release func(), why string) {
+	if n.draining.Load() {
+		return nil, "the node is draining: reconnect to another node"
+	}
+	ip := remoteIP(remote)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cfg.MaxConnections > 0 && n.slots >= n.cfg.MaxConnections {
+		return nil, "the node is at its connection limit (RELAY_MAX_CONNECTIONS)"
+	}
+	if n.cfg.MaxConnectionsPerIP > 0 {
+		if n.perIP[ip] >= n.cfg.MaxConnectionsPerIP {
+			return nil, "too many connections from your address (RELAY_MAX_CONNECTIONS_PER_IP)"
+		}
+		n.perIP[ip]++
+	}
+	n.slots++
+	return sync.OnceFunc(func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.slots--
+		if n.cfg.MaxConnectionsPerIP > 0 {
+			if n.perIP[ip]--; n.perIP[ip] <= 0 {
+				delete(n.perIP, ip)
+			}
+		}
+	}), ""
+}
+
+func remoteIP(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return remote
+	}
+	return host
+}
+
+// notReady lists why the node should not get new connections; empty when
+// it is ready.
+func (n *Node) notReady() []string {
+	var why []string
+	if n.draining.Load() {
+		why = append(why, "draining")
+	}
+	if hc, ok := n.broker.(pubsub.HealthChecker); ok {
+		if err := hc.Health(); err != nil {
+			why = append(why, "broker: "+err.Error())
+		}
+	}
+	if n.cfg.MaxConnections > 0 {
+		n.mu.Lock()
+		full := n.slots >= n.cfg.MaxConnections
+		n.mu.Unlock()
+		if full {
+			why = append(why, "at the connection limit")
+		}
+	}
+	return why
 }
 
 func (n *Node) newConn(r *http.Request, m mode) *conn {
@@ -158,6 +290,7 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 	}
 	ws.SetReadLimit(n.cfg.MaxMessageBytes)
 	c.ws, c.nc, c.opened = ws, hw.nc, time.Now()
+	c.stats = n.metrics.byMode[c.mode]
 
 	n.mu.Lock()
 	n.conns[c] = struct{}{}
@@ -171,10 +304,15 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 // connection ends, then closes it and releases everything it held.
 func (n *Node) runConn(c *conn, read func(*conn) error) {
 	defer n.readers.Done()
+	defer c.release()
 	n.log.Info("conn opened", "conn", c.id, "remote", c.remote, "mode", c.mode, "channel", c.channel)
+	c.stats.opened.Inc()
+	c.stats.connections.Inc()
 	c.open()
+	c.startPings()
 	err := read(c)
 	c.close(err)
+	c.stopPings()
 	if c.channel != "" {
 		n.hub.unsubscribe(c.channel, c)
 	}
@@ -188,6 +326,8 @@ func (n *Node) runConn(c *conn, read func(*conn) error) {
 	n.mu.Lock()
 	delete(n.conns, c)
 	n.mu.Unlock()
+	c.stats.connections.Dec()
+	n.metrics.closedWith(code)
 	n.log.Info("conn closed", "conn", c.id, "remote", c.remote, "mode", c.mode, "channel", c.channel,
 		"code", int(code), "by", by, "duration", time.Since(c.opened).Round(time.Millisecond))
 }

@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -20,6 +24,9 @@ func (n *Node) routes() {
 	mux.HandleFunc("GET /ws/{channel...}", n.serveRaw)
 	mux.HandleFunc("GET /echo", n.serveEcho)
 	mux.HandleFunc("GET /{$}", n.serveRoot)
+	mux.HandleFunc("GET /healthz", n.serveHealth)
+	mux.HandleFunc("GET /readyz", n.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
@@ -61,71 +68,146 @@ func (n *Node) admit(w http.ResponseWriter, r *http.Request) bool {
 	}
 	if err := n.auth.check(r); err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
-		writeError(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+		n.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 		return false
 	}
 	return true
+}
+
+// refuse answers an upgrade request with an error, counting it.
+func (n *Node) refuse(w http.ResponseWriter, status int, code protocol.Code, msg string) {
+	n.metrics.refused.WithLabelValues(strconv.Itoa(status)).Inc()
+	writeError(w, status, code, msg)
+}
+
+// connect admits the request and takes a connection slot; on failure it
+// has answered the request.
+func (n *Node) connect(w http.ResponseWriter, r *http.Request, m mode) *conn {
+	if !n.admit(w, r) {
+		return nil
+	}
+	release, why := n.reserve(r.RemoteAddr)
+	if release == nil {
+		w.Header().Set("Retry-After", "1")
+		n.refuse(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, why)
+		return nil
+	}
+	c := n.newConn(r, m)
+	c.release = release
+	return c
+}
+
+// serveHealth answers GET /healthz: the process is alive and serving.
+func (n *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	io.WriteString(w, `{"status":"ok"}`+"\n")
+}
+
+// serveReady answers GET /readyz: 200 when the node takes new connections,
+// 503 with the reasons when not.
+func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
+	why := n.notReady()
+	w.Header().Set("Content-Type", "application/json")
+	status := http.StatusOK
+	if len(why) > 0 {
+		status = http.StatusServiceUnavailable
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(struct {
+		Ready   bool     `json:"ready"`
+		Node    string   `json:"node"`
+		Reasons []string `json:"reasons,omitempty"`
+	}{len(why) == 0, n.id, why})
 }
 
 // serveRaw is raw channel mode: GET /ws/{channel}. Every message the client
 // sends is published to the channel with its opcode; every message of the
 // channel reaches the client as one frame, its own only with ?echo=true.
 func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
-	if !n.admit(w, r) {
-		return
-	}
 	channel := r.PathValue("channel")
-	if err := protocol.ValidChannel(channel); err != nil {
-		writeError(w, http.StatusBadRequest, protocol.CodeInvalidChannel, err.Error())
+	if err := protocol.ValidChannel(channel); err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeInvalidChannel, err.Error())
 		return
 	}
 	echo, err := queryBool(r, "echo")
-	if err != nil {
-		writeError(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
-	c := n.newConn(r, modeRaw)
+	c := n.connect(w, r, modeRaw)
+	if c == nil {
+		return
+	}
 	c.channel, c.echo = channel, echo
 	// Subscribe before the upgrade: a client that is told 101 receives
 	// everything published from then on.
 	if err := n.hub.subscribe(r.Context(), channel, c); err != nil {
+		c.release()
 		n.log.Warn("subscribe failed", "channel", channel, "err", err)
-		writeError(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
+		w.Header().Set("Retry-After", "1")
+		n.refuse(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
 		return
 	}
 	if !n.accept(w, r, c, n.readRaw) {
 		n.hub.unsubscribe(channel, c)
+		c.release()
 	}
 }
 
-// readRaw publishes every message the client sends.
+// readRaw publishes every message the client sends, no faster than the
+// raw publish rate: above it the client is read more slowly.
 func (n *Node) readRaw(c *conn) error {
+	var limiter *rate.Limiter // made at the first message: idle connections stay small
 	for {
 		typ, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			return err
 		}
+		if n.cfg.RawPublishRate > 0 {
+			if limiter == nil {
+				limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
+			}
+			if err := limiter.Wait(n.ctx); err != nil {
+				return err
+			}
+		}
+		c.stats.received.Inc()
+		c.stats.receivedBytes.Add(float64(len(data)))
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,
 			Binary:  typ == websocket.MessageBinary,
-			Time:    time.Now().UnixNano(),
 			Payload: data,
 		}
-		if err := n.broker.Publish(n.ctx, c.channel, m); err != nil {
+		if err := n.publish(c.channel, m); err != nil {
 			n.log.Warn("publish failed", "conn", c.id, "channel", c.channel, "err", err)
 			return errBrokerDown
 		}
 	}
 }
 
+// publish publishes m, stamped with the time, and measures the broker.
+func (n *Node) publish(channel string, m pubsub.Message) error {
+	start := time.Now()
+	m.Time = start.UnixNano()
+	err := n.broker.Publish(n.ctx, channel, m)
+	n.metrics.publishSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		n.metrics.publishErrors.Inc()
+	}
+	return err
+}
+
 // serveEcho is the echo endpoint: each message comes back prefixed with
 // "Server received: ", as the original tutorial's server does.
 func (n *Node) serveEcho(w http.ResponseWriter, r *http.Request) {
-	if !n.admit(w, r) {
+	c := n.connect(w, r, modeEcho)
+	if c == nil {
 		return
 	}
-	n.accept(w, r, n.newConn(r, modeEcho), n.readEcho)
+	if !n.accept(w, r, c, n.readEcho) {
+		c.release()
+	}
 }
 
 const echoPrefix = "Server received: "
@@ -136,6 +218,8 @@ func (n *Node) readEcho(c *conn) error {
 		if err != nil {
 			return err
 		}
+		c.stats.received.Inc()
+		c.stats.receivedBytes.Add(float64(len(data)))
 		c.enqueue(&frame{typ: typ, data: append([]byte(echoPrefix), data...)})
 	}
 }

@@ -52,6 +52,13 @@ type Broker interface {
 	Close() error
 }
 
+// HealthChecker is implemented by brokers that depend on a backend.
+type HealthChecker interface {
+	// Health returns nil when the broker can take publishes and deliver
+	// messages, or an error saying why not. It does not block on the network.
+	Health() error
+}
+
 var (
 	// ErrClosed is returned by a broker's methods after Close.
 	ErrClosed = errors.New("broker closed")

@@ -1,10 +1,15 @@
 package pubsub_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,9 +22,23 @@ func redisConfig(r *testenv.Redis) pubsub.RedisConfig {
 	return pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}
 }
 
+// probing shortens the probe period so that fault tests see probes act.
+// The timeout leaves a loaded machine running -race ample margin: a probe
+// that is merely slow must not tear a healthy connection down mid-test.
+func probing(cfg pubsub.RedisConfig) pubsub.RedisConfig {
+	cfg.ProbeInterval = 100 * time.Millisecond
+	cfg.ProbeTimeout = time.Second
+	return cfg
+}
+
 func newRedis(t testing.TB, cfg pubsub.RedisConfig) *pubsub.Redis {
 	t.Helper()
-	b, err := pubsub.NewRedis(cfg, nil)
+	return newRedisLog(t, cfg, nil)
+}
+
+func newRedisLog(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) *pubsub.Redis {
+	t.Helper()
+	b, err := pubsub.NewRedis(cfg, log)
 	if err != nil {
 		t.Fatalf("NewRedis: %v", err)
 	}
@@ -92,19 +111,34 @@ func TestRedisPlainPublish(t *testing.T) {
 // Redis returns is delivered.
 func TestRedisRestart(t *testing.T) {
 	r := testenv.StartRedis(t)
-	a, b := newRedis(t, redisConfig(r)), newRedis(t, redisConfig(r))
+	a, b := newRedis(t, redisConfig(r)), newRedis(t, probing(redisConfig(r)))
 	channels := []string{"r1", "r2", "r3", "r4"}
 	recs := map[string]*pubsubtest.Recorder{}
 	for _, ch := range channels {
 		recs[ch] = pubsubtest.NewRecorder()
 		pubsubtest.Subscribe(t, b, ch, recs[ch].Handle)
 	}
+	// Health reads cached state: there is no event to await, so poll.
+	testenv.WaitFor(t, 20*time.Second, "b healthy", func() bool { return b.Health() == nil })
+	before := b.Stats()
 	r.Stop()
 	if err := a.Publish(context.Background(), "r1", pubsub.Message{Payload: []byte("lost")}); !errors.Is(err, pubsub.ErrUnavailable) {
 		t.Fatalf("Publish with Redis down = %v, want ErrUnavailable", err)
 	}
+	testenv.WaitFor(t, 20*time.Second, "b unhealthy with Redis down", func() bool { return b.Health() != nil })
+	if err := b.Health(); !errors.Is(err, pubsub.ErrUnavailable) {
+		t.Errorf("Health() with Redis down = %v, want ErrUnavailable", err)
+	}
 	r.Start()
-	// The brokers reconnect by themselves; wait until Redis has them back.
+	testenv.WaitFor(t, 20*time.Second, "b healthy again", func() bool { return b.Health() == nil })
+	after := b.Stats()
+	if after.Reconnects < before.Reconnects+2 {
+		t.Errorf("Reconnects = %d after a restart under 2 subscriber connections, want at least %d", after.Reconnects, before.Reconnects+2)
+	}
+	if after.Resubscribes <= before.Resubscribes {
+		t.Errorf("Resubscribes = %d after a restart, want more than %d", after.Resubscribes, before.Resubscribes)
+	}
+	// Health says every shard confirmed its channels; Redis agrees.
 	testenv.WaitFor(t, 20*time.Second, "every channel subscribed again", func() bool {
 		for _, n := range r.NumSub(t, "relay:r1", "relay:r2", "relay:r3", "relay:r4") {
 			if n != 1 {
@@ -141,6 +175,230 @@ func TestRedisSubscribeWhileDown(t *testing.T) {
 	pubsubtest.Subscribe(t, b, "down", rec.Handle)
 	pubsubtest.Publish(t, b, "down", "up")
 	rec.WaitN(t, 1)
+}
+
+// TestRedisProbeTearsDownFrozenSubscriber freezes the broker's subscriber
+// connections, as a stalled link would, without any error: the probes stop
+// coming back, the broker tears the connections down, opens new ones and
+// subscribes every channel again, and delivery resumes without a restart.
+func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
+	r := testenv.StartRedis(t)
+	p := testenv.StartProxy(t, r.Addr())
+	type gap struct {
+		channels []string
+		health   error
+	}
+	gaps := make(chan gap, 16)
+	var self atomic.Pointer[pubsub.Redis]
+	cfg := probing(redisConfig(r))
+	cfg.URL = p.URL()
+	cfg.Timeout = 20 * time.Second // a Subscribe below waits out a teardown
+	cfg.OnGap = func(channels []string) {
+		// The shard is live again but no probe has proved it yet.
+		gaps <- gap{channels, self.Load().Health()}
+	}
+	var logs lockedBuffer
+	b := newRedisLog(t, cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
+	self.Store(b)
+	pub := newRedis(t, redisConfig(r)) // straight to Redis
+
+	channels := []string{"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"}
+	recs := map[string]*pubsubtest.Recorder{}
+	for _, ch := range channels {
+		recs[ch] = pubsubtest.NewRecorder()
+		pubsubtest.Subscribe(t, b, ch, recs[ch].Handle)
+	}
+	for _, ch := range channels {
+		pubsubtest.Publish(t, pub, ch, "before")
+	}
+	for _, ch := range channels {
+		recs[ch].WaitN(t, 1)
+	}
+	testenv.WaitFor(t, 20*time.Second, "healthy before the freeze", func() bool { return b.Health() == nil })
+	before := b.Stats()
+
+	for len(gaps) > 0 { // a slow machine may have missed a probe already
+		<-gaps
+	}
+	if n := p.FreezeSubscribers(); n != cfg.Subscribers {
+		t.Fatalf("FreezeSubscribers() = %d, want the broker's %d subscriber connections", n, cfg.Subscribers)
+	}
+	// A Subscribe on a frozen connection is confirmed by its replacement.
+	late := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "late", late.Handle)
+	// Each shard reports its gap once it resubscribed on a new connection.
+	gapped := map[string]bool{}
+	for len(gapped) < len(channels) {
+		select {
+		case g := <-gaps:
+			if g.health == nil {
+				t.Errorf("Health() = nil when shard of %q resubscribed, before a probe proved it", g.channels)
+			}
+			for _, ch := range g.channels {
+				if !slices.Contains(channels, ch) {
+					t.Errorf("gap reported for %q, which was never subscribed", ch)
+				}
+				gapped[ch] = true
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("gaps reported for %v after the freeze, want all of %q", gapped, channels)
+		}
+	}
+	testenv.WaitFor(t, 20*time.Second, "healthy after the teardown", func() bool { return b.Health() == nil })
+	after := b.Stats()
+	for _, c := range []struct {
+		name          string
+		before, after uint64
+	}{
+		{"Teardowns", before.Teardowns, after.Teardowns},
+		{"ProbeFailures", before.ProbeFailures, after.ProbeFailures},
+		{"Reconnects", before.Reconnects, after.Reconnects},
+		{"Resubscribes", before.Resubscribes, after.Resubscribes},
+	} {
+		if c.after < c.before+uint64(cfg.Subscribers) {
+			t.Errorf("Stats().%s = %d after freezing %d connections, want at least %d", c.name, c.after, cfg.Subscribers, c.before+uint64(cfg.Subscribers))
+		}
+	}
+
+	// Delivery resumes on the new connections, and no probe ever reached a
+	// handler: each got exactly what was published to it.
+	for _, ch := range append(channels, "late") {
+		pubsubtest.Publish(t, pub, ch, "after")
+	}
+	if got := payloadsOf(late.WaitN(t, 1)); len(got) != 1 || got[0] != "after" {
+		t.Errorf("late received %q, want [after]", got)
+	}
+	for _, ch := range channels {
+		got := recs[ch].WaitN(t, 2)
+		if len(got) != 2 || string(got[0].Payload) != "before" || string(got[1].Payload) != "after" {
+			t.Errorf("%s received %d messages %q, want [before after]", ch, len(got), payloadsOf(got))
+		}
+	}
+	out := logs.String()
+	for _, want := range []string{
+		`"level":"WARN","msg":"redis subscriber connection torn down","shard":`,
+		`"level":"INFO","msg":"redis subscriber connection restored","shard":`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("logs lack %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "before") || strings.Contains(out, "after") {
+		t.Errorf("logs carry a payload:\n%s", out)
+	}
+}
+
+func TestRedisPublishErrors(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, probing(redisConfig(r)))
+	pubsubtest.Publish(t, b, "counted", "one")
+	if s := b.Stats(); s.Published != 1 || s.PublishErrors != 0 || s.Pipelines < 1 {
+		t.Errorf("after one publish, Stats() = %+v; want Published 1, PublishErrors 0, Pipelines >= 1", s)
+	}
+	r.Stop()
+	if err := b.Publish(t.Context(), "counted", pubsub.Message{Payload: []byte("two")}); !errors.Is(err, pubsub.ErrUnavailable) {
+		t.Fatalf("Publish with Redis down = %v, want ErrUnavailable", err)
+	}
+	if s := b.Stats(); s.Published != 1 || s.PublishErrors != 1 {
+		t.Errorf("after a failed publish, Stats() = %+v; want Published 1, PublishErrors 1", s)
+	}
+	if err := b.Health(); !errors.Is(err, pubsub.ErrUnavailable) || !strings.Contains(err.Error(), "publish") {
+		t.Errorf("Health() after a failed publish = %v, want ErrUnavailable naming the publish", err)
+	}
+	r.Start()
+	testenv.WaitFor(t, 20*time.Second, "healthy with Redis back", func() bool { return b.Health() == nil })
+	pubsubtest.Publish(t, b, "counted", "three")
+	if s := b.Stats(); s.Published != 2 || s.PublishErrors != 1 {
+		t.Errorf("after Redis returned, Stats() = %+v; want Published 2, PublishErrors 1", s)
+	}
+}
+
+// TestRedisProbeChannels shows the probe channel of each shard in Redis,
+// named after the configured Instance.
+func TestRedisProbeChannels(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cfg := redisConfig(r)
+	cfg.Instance = "node-a"
+	b := newRedis(t, cfg)
+	testenv.WaitFor(t, 20*time.Second, "healthy", func() bool { return b.Health() == nil })
+	want := []string{"relay:__relay_probe:node-a:0", "relay:__relay_probe:node-a:1"}
+	for ch, n := range r.NumSub(t, want...) {
+		if n != 1 {
+			t.Errorf("NUMSUB %s = %d, want 1", ch, n)
+		}
+	}
+	r.Stop()
+	testenv.WaitFor(t, 20*time.Second, "unhealthy", func() bool { return b.Health() != nil })
+	t.Logf("Health() with Redis down = %v", b.Health())
+}
+
+func TestRedisProbeChannelsReserved(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	if _, err := b.Subscribe(t.Context(), "__relay_probe:x:0", func(pubsub.Message) {}); err == nil {
+		t.Error("Subscribe to a probe channel succeeded, want an error")
+	}
+	if err := b.Publish(t.Context(), "__relay_probe:x:0", pubsub.Message{}); err == nil {
+		t.Error("Publish to a probe channel succeeded, want an error")
+	}
+}
+
+func TestRedisHealthAfterClose(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	var _ pubsub.HealthChecker = b
+	b.Close()
+	if err := b.Health(); !errors.Is(err, pubsub.ErrClosed) {
+		t.Errorf("Health() after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestRedisProbeConfigErrors(t *testing.T) {
+	base := pubsub.RedisConfig{URL: "redis://x", Subscribers: 1, Pipelines: 1, Timeout: time.Second}
+	for _, tt := range []struct {
+		interval, timeout time.Duration
+		want              string
+	}{
+		{-time.Second, 0, "RELAY_REDIS_PROBE_INTERVAL"},
+		{time.Millisecond, 0, "RELAY_REDIS_PROBE_INTERVAL"},
+		{0, -time.Second, "RELAY_REDIS_PROBE_TIMEOUT"},
+		{time.Second, time.Millisecond, "RELAY_REDIS_PROBE_TIMEOUT"},
+	} {
+		cfg := base
+		cfg.ProbeInterval, cfg.ProbeTimeout = tt.interval, tt.timeout
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Validate() with ProbeInterval %v, ProbeTimeout %v = %v, want an error naming %s", tt.interval, tt.timeout, err, tt.want)
+		}
+	}
+	if err := base.Validate(); err != nil {
+		t.Errorf("Validate() with zero probe durations (the defaults) = %v", err)
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func payloadsOf(msgs []pubsub.Message) []string {
+	s := make([]string, len(msgs))
+	for i, m := range msgs {
+		s[i] = string(m.Payload)
+	}
+	return s
 }
 
 func TestRedisConfigErrors(t *testing.T) {

@@ -2,12 +2,15 @@
 //
 //	relay [serve]      run a node (configured by RELAY_* variables)
 //	relay healthcheck  exit 0 if the local node answers /healthz
+//	relay bench        the load generator (relay bench -h)
 //	relay version      print the version
 //	relay --help       print the configuration table
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +26,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"golang.org/x/term"
 
+	"github.com/relay-pubsub/relay/internal/bench"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -55,6 +59,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(stderr)
 	case "healthcheck":
 		return healthcheck(stderr)
+	case "bench":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := bench.Command(ctx, args[1:], stdout, stderr); err != nil {
+			if !errors.Is(err, flag.ErrHelp) {
+				fmt.Fprintln(stderr, "relay bench:", err)
+			}
+			return 1
+		}
+		return 0
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
@@ -74,6 +88,7 @@ func usage(w io.Writer) {
 Usage:
   relay [serve]      run a node
   relay healthcheck  exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
+  relay bench        load generator against any Relay deployment (relay bench -h)
   relay version      print the version
   relay --help       print this help
 
@@ -151,7 +166,15 @@ func serve(stderr io.Writer) int {
 		broker = pubsub.NewMemory()
 		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
 	} else {
-		rb, err := pubsub.NewRedis(cfg.RedisConfig, log.With("component", "redis"))
+		if cfg.NodeID == "" {
+			cfg.NodeID = node.DefaultNodeID()
+		}
+		rcfg := cfg.RedisConfig
+		rcfg.Instance = cfg.NodeID
+		rcfg.OnGap = func(channels []string) {
+			log.Warn("messages may have been lost while a Redis subscriber connection was down", "channels", len(channels))
+		}
+		rb, err := pubsub.NewRedis(rcfg, log.With("component", "redis"))
 		if err != nil {
 			fmt.Fprintln(stderr, "relay:", oneLine(err))
 			return 2
@@ -166,8 +189,18 @@ func serve(stderr io.Writer) int {
 		fmt.Fprintln(stderr, "relay:", oneLine(err))
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig := <-sigs
+		log.Info("signal: draining; a second signal exits at once", "signal", sig.String())
+		cancel()
+		<-sigs
+		log.Warn("second signal: exiting without draining")
+		os.Exit(1)
+	}()
 	if err := n.Run(ctx); err != nil {
 		log.Error("node stopped", "err", err)
 		return 1

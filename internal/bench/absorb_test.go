@@ -1,0 +1,137 @@
+package bench
+
+import (
+	"bufio"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// blaster is a minimal WebSocket server that, once a client connects,
+// writes count pre-built text frames of one payload followed by a close
+// frame, many frames per write: a source fast enough that the cost
+// measured is the generator's read path.
+type blaster struct {
+	srv   *httptest.Server
+	count int
+	frame []byte // one frame
+	wg    sync.WaitGroup
+}
+
+func newBlaster(tb testing.TB, count int, payload []byte) *blaster {
+	b := &blaster{count: count, frame: serverFrame(0x1, payload)}
+	b.srv = httptest.NewServer(http.HandlerFunc(b.serve))
+	tb.Cleanup(func() { b.srv.Close(); b.wg.Wait() })
+	return b
+}
+
+// serverFrame builds an unmasked server-to-client frame.
+func serverFrame(opcode byte, payload []byte) []byte {
+	f := []byte{0x80 | opcode}
+	switch n := len(payload); {
+	case n < 126:
+		f = append(f, byte(n))
+	case n <= 0xffff:
+		f = append(f, 126, byte(n>>8), byte(n))
+	default:
+		f = append(f, 127)
+		f = binary.BigEndian.AppendUint64(f, uint64(n))
+	}
+	return append(f, payload...)
+}
+
+func (b *blaster) serve(w http.ResponseWriter, r *http.Request) {
+	key := r.Header.Get("Sec-WebSocket-Key")
+	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	b.wg.Add(1)
+	defer b.wg.Done()
+	defer conn.Close()
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"X-Relay-Node: blaster\r\nSec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+	brw.Flush()
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	for range b.count {
+		if _, err := bw.Write(b.frame); err != nil {
+			return
+		}
+	}
+	bw.Write(serverFrame(0x8, []byte{0x03, 0xe8})) // close 1000
+	bw.Flush()
+	// Wait for the client's close frame, then hang up.
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	conn.Read(make([]byte, 64))
+}
+
+func (b *blaster) url() string { return "ws" + strings.TrimPrefix(b.srv.URL, "http") }
+
+// BenchmarkSubscriberAbsorb measures the generator's subscriber read path
+// (coder/websocket Reader, payload decode, stream and latency accounting)
+// over real loopback connections: ns/op is per delivered message.
+func BenchmarkSubscriberAbsorb(b *testing.B) {
+	for _, conns := range []int{1, 100} {
+		b.Run(strings.Repeat("c", 0)+itoa(conns)+"conns", func(b *testing.B) {
+			benchAbsorb(b, conns)
+		})
+	}
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var s []byte
+	for ; n > 0; n /= 10 {
+		s = append([]byte{byte('0' + n%10)}, s...)
+	}
+	return string(s)
+}
+
+func benchAbsorb(b *testing.B, conns int) {
+	perConn := max(1, b.N/conns)
+	r := &runner{cfg: &Config{Mode: Raw, Size: 128, DialTimeout: 10 * time.Second}, clk: newClock(),
+		lat: newHistShards(4), dialer: newDialer(false, 0, 10*time.Second)}
+	r.win.start.Store(1)
+	r.win.end.Store(1 << 62)
+	payload := AppendPayload(nil, Header{Sent: 1}, 128)
+	bl := newBlaster(b, perConn, payload)
+	base, err := parseTargets(bl.url(), false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.cfg.URLs = base
+	var cs []*conn
+	for i := range conns {
+		ws, _, err := r.dial(b.Context(), base[0], "x")
+		if err != nil {
+			b.Fatal(err)
+		}
+		cs = append(cs, &conn{ws: ws, rcv: newReceiver(1, &r.win, r.clk, r.lat, i), done: make(chan struct{})})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for _, c := range cs {
+		go r.readLoop(c, nil)
+	}
+	var got int64
+	for _, c := range cs {
+		<-c.done
+		got += c.rcv.c.received.Load()
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if got != int64(perConn*conns) {
+		b.Fatalf("received %d, want %d", got, perConn*conns)
+	}
+	b.ReportMetric(float64(got)/elapsed.Seconds(), "msgs/s")
+}

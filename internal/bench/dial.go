@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrRemote reports a target outside the loopback range without
+// -allow-remote.
+var ErrRemote = errors.New("target is not a loopback address (use -allow-remote to load a remote deployment)")
+
+// parseTargets parses the comma-separated -url list into WebSocket base
+// URLs (ws or wss, no trailing slash) and checks that each is on loopback
+// unless allowRemote.
+func parseTargets(list string, allowRemote bool) ([]*url.URL, error) {
+	var out []*url.URL
+	for s := range strings.SplitSeq(list, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("url %q: %w", s, err)
+		}
+		switch u.Scheme {
+		case "ws", "wss":
+		case "http":
+			u.Scheme = "ws"
+		case "https":
+			u.Scheme = "wss"
+		default:
+			return nil, fmt.Errorf("url %q: scheme must be ws, wss, http or https", s)
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("url %q: no host", s)
+		}
+		if !allowRemote && !isLoopbackHost(u.Hostname()) {
+			return nil, fmt.Errorf("url %q: %w", s, ErrRemote)
+		}
+		u.Path = strings.TrimRight(u.Path, "/")
+		u.RawQuery, u.Fragment = "", ""
+		out = append(out, u)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no -url given")
+	}
+	return out, nil
+}
+
+// isLoopbackHost reports whether host is "localhost" or a loopback IP. The
+// dialer checks the resolved address again.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// dialer makes the HTTP clients for WebSocket handshakes. Past spreadAfter
+// connections to one destination it binds further connections to source
+// addresses 127.0.0.2, 127.0.0.3, … so that one destination can take more
+// connections than one source address has ephemeral ports. Safe for
+// concurrent use.
+type dialer struct {
+	allowRemote bool
+	spreadAfter int // connections per destination before spreading; <= 0 never
+	timeout     time.Duration
+	tlsConfig   *tls.Config
+
+	mu      sync.Mutex
+	perDest map[string]int
+	clients map[int]*http.Client // by source index; 0 is the kernel's choice
+}
+
+func newDialer(allowRemote bool, spreadAfter int, timeout time.Duration) *dialer {
+	return &dialer{
+		allowRemote: allowRemote,
+		spreadAfter: spreadAfter,
+		timeout:     timeout,
+		perDest:     make(map[string]int),
+		clients:     make(map[int]*http.Client),
+	}
+}
+
+// maxSourceIndex keeps source addresses within 127.0.0.2–127.0.0.254.
+const maxSourceIndex = 253
+
+// sourceIndex returns the source address index of the k-th connection
+// (from 0) to one destination: 0 (no binding) for the first spreadAfter,
+// then 1, 2, … for each further block of spreadAfter.
+func sourceIndex(k, spreadAfter int) int {
+	if spreadAfter <= 0 || k < spreadAfter {
+		return 0
+	}
+	return min(1+(k-spreadAfter)/spreadAfter, maxSourceIndex)
+}
+
+// sourceAddr returns the source address for index i >= 1: 127.0.0.(1+i).
+func sourceAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)})
+}
+
+// client returns the HTTP client for the next connection to u.
+func (d *dialer) client(u *url.URL) *http.Client {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dest := u.Host
+	k := d.perDest[dest]
+	d.perDest[dest] = k + 1
+	i := sourceIndex(k, d.spreadAfter)
+	if a, err := netip.ParseAddr(u.Hostname()); err == nil && !a.Is4() {
+		i = 0 // 127.0.0.x sources only reach IPv4 destinations
+	}
+	if c, ok := d.clients[i]; ok {
+		return c
+	}
+	nd := &net.Dialer{Timeout: d.timeout, KeepAlive: -1}
+	if i > 0 {
+		nd.LocalAddr = &net.TCPAddr{IP: sourceAddr(i).AsSlice()}
+		nd.Control = bindNoPort
+	}
+	tr := &http.Transport{
+		Proxy:               nil, // loopback targets never go through a proxy
+		DialContext:         d.checked(nd),
+		TLSClientConfig:     d.tlsConfig,
+		TLSHandshakeTimeout: d.timeout,
+		DisableCompression:  true,
+		MaxIdleConns:        1,
+		ForceAttemptHTTP2:   false,
+	}
+	c := &http.Client{Transport: tr}
+	d.clients[i] = c
+	return c
+}
+
+// checked wraps nd so that, unless remote targets are allowed, a name that
+// resolved to a non-loopback address is refused before any byte is sent.
+func (d *dialer) checked(nd *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := nd.DialContext(ctx, network, addr)
+		if err != nil || d.allowRemote {
+			return c, err
+		}
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+			c.Close()
+			return nil, fmt.Errorf("dial %s: %w", addr, ErrRemote)
+		}
+		return c, nil
+	}
+}
+
+// ipBindAddressNoPort is Linux's IP_BIND_ADDRESS_NO_PORT: bind the source
+// address but pick the port at connect time, per destination, so that a
+// source address is not limited to one ephemeral port range in total.
+const ipBindAddressNoPort = 24
+
+func bindNoPort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	})
+	if err != nil {
+		return err
+	}
+	_ = serr // older kernels lack the option: binding still works, with fewer ports
+	return nil
+}
+
+// raiseFileLimit raises the soft RLIMIT_NOFILE to the hard limit and
+// returns the resulting soft limit.
+func raiseFileLimit() (uint64, error) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			return rl.Cur, fmt.Errorf("setrlimit: %w", err)
+		}
+	}
+	return rl.Cur, nil
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# make-bench.sh: reproduce the benchmark table of issue 6 / docs/BENCHMARKS.md.
+#
+# Builds relay, then for each row starts a fresh redis-server on a free
+# loopback port and two relay nodes against it, runs `relay bench` with the
+# node and Redis PIDs, collects its JSON line, stops everything, and at the
+# end prints the rows as a markdown table. Every row is bounded by timeout(1);
+# everything the script started is killed on exit.
+#
+# Environment (all optional):
+#   BENCH_ROWS       rows to run (default: fanout-1k-300 fanout-1k-1000 fanout-10k-10 idle-10k;
+#                    also known: channels-1k, connect-10k)
+#   BENCH_MODE       raw or protocol (default raw)
+#   BENCH_WARMUP     warm-up per publishing row (default 5s)
+#   BENCH_DURATION   measurement window per publishing row (default 20s)
+#   BENCH_IDLE_HOLD  hold of the idle row, long enough for the heap to settle (default 60s)
+#   BENCH_SIZE       message size in bytes (default 128)
+#   BENCH_OUT        directory for results.jsonl, table.md and logs (default: a new temp dir)
+#   RELAY_BIN        relay binary for the nodes (default: built from ./cmd/relay)
+#   BENCH_BIN        binary that has the `bench` subcommand (default: RELAY_BIN)
+#   REDIS_SERVER     redis-server to run (default: from PATH)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+rows=${BENCH_ROWS:-"fanout-1k-300 fanout-1k-1000 fanout-10k-10 idle-10k"}
+mode=${BENCH_MODE:-raw}
+warmup=${BENCH_WARMUP:-5s}
+duration=${BENCH_DURATION:-20s}
+idle_hold=${BENCH_IDLE_HOLD:-60s}
+size=${BENCH_SIZE:-128}
+redis_server=${REDIS_SERVER:-redis-server}
+out=${BENCH_OUT:-$(mktemp -d -t relay-bench-XXXXXX)}
+mkdir -p "$out"
+work=$(mktemp -d -t relay-bench-run-XXXXXX)
+
+pids=()
+cleanup() {
+	local status=$?
+	stop_all
+	rm -rf "$work"
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# stop_all ends every process this script started and waits for them.
+stop_all() {
+	local pid
+	for pid in "${pids[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	for pid in "${pids[@]}"; do
+		# Bounded: SIGKILL whatever is still there after 10 s.
+		for _ in $(seq 100); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	pids=()
+}
+
+die() { echo "make-bench: $*" >&2; exit 1; }
+
+command -v "$redis_server" >/dev/null || die "redis-server not found (apt-get install redis-server)"
+command -v timeout >/dev/null || die "timeout not found (coreutils)"
+
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+	local port
+	for _ in $(seq 200); do
+		port=$((20000 + RANDOM % 20000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return
+		fi
+	done
+	die "no free port found"
+}
+
+# wait_port waits (at most 15 s) until 127.0.0.1:$1 accepts connections and
+# process $2 is still alive.
+wait_port() {
+	for _ in $(seq 150); do
+		kill -0 "$2" 2>/dev/null || return 1
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+if [[ -z "${RELAY_BIN:-}" ]]; then
+	echo "make-bench: building relay" >&2
+	(cd "$root" && go build -o "$work/relay" ./cmd/relay)
+	RELAY_BIN=$work/relay
+fi
+bench_bin=${BENCH_BIN:-$RELAY_BIN}
+
+# start_cluster starts redis-server and two nodes; sets urls and server_pids.
+start_cluster() {
+	local rport n1port n2port rpid n1pid n2pid
+	rport=$(free_port)
+	"$redis_server" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+		--dir "$work" --logfile "$out/redis-$1.log" --daemonize no &
+	rpid=$!
+	pids+=("$rpid")
+	wait_port "$rport" "$rpid" || die "redis-server did not start (see $out/redis-$1.log)"
+	local nodepids=()
+	local urllist=()
+	for i in 1 2; do
+		local port
+		port=$(free_port)
+		RELAY_ADDR=127.0.0.1:$port RELAY_REDIS_URL=redis://127.0.0.1:$rport/0 RELAY_NODE_ID=node-$i \
+			"$RELAY_BIN" >"$out/node$i-$1.log" 2>&1 &
+		local pid=$!
+		pids+=("$pid")
+		wait_port "$port" "$pid" || die "node $i did not start (see $out/node$i-$1.log)"
+		nodepids+=("$pid")
+		urllist+=("ws://127.0.0.1:$port")
+	done
+	urls=$(IFS=,; echo "${urllist[*]}")
+	server_pids=$(IFS=,; echo "${nodepids[*]},$rpid")
+	# Let the fresh processes settle before the baseline is taken.
+	sleep 2
+}
+
+# run_row NAME BENCH-ARGS...: one row on a fresh cluster, bounded in time.
+run_row() {
+	local name=$1
+	shift
+	echo "make-bench: row $name" >&2
+	start_cluster "$name"
+	local status=0
+	# The generator has its own -timeout; timeout(1) is the backstop.
+	timeout --kill-after=10s 30m "$bench_bin" bench "$@" -mode "$mode" -url "$urls" -pids "$server_pids" \
+		-progress off >>"$out/results.jsonl" 2>"$out/$name.txt" || status=$?
+	cat "$out/$name.txt" >&2
+	[[ $status -eq 0 ]] || echo "make-bench: row $name exited with status $status" >&2
+	stop_all
+}
+
+: >"$out/results.jsonl"
+pub=(-publishers 2 -size "$size" -warmup "$warmup" -duration "$duration" -concurrency 128)
+for row in $rows; do
+	case $row in
+	fanout-1k-300) run_row "$row" fanout -subs 1000 -rate 300 "${pub[@]}" ;;
+	fanout-1k-1000) run_row "$row" fanout -subs 1000 -rate 1000 "${pub[@]}" ;;
+	fanout-10k-10) run_row "$row" fanout -subs 10000 -rate 10 "${pub[@]}" ;;
+	channels-1k) run_row "$row" channels -channels 100 -subs 1000 -rate 1000 -size "$size" \
+		-warmup "$warmup" -duration "$duration" -concurrency 128 ;;
+	idle-10k) run_row "$row" idle -subs 10000 -duration "$idle_hold" -concurrency 128 ;;
+	connect-10k) run_row "$row" connect -subs 10000 -concurrency 128 -duration 60s ;;
+	*) die "unknown row $row" ;;
+	esac
+done
+
+"$bench_bin" bench table "$out/results.jsonl" | tee "$out/table.md"
+echo "make-bench: results in $out (results.jsonl, table.md, logs)" >&2

@@ -1,0 +1,485 @@
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// runner holds the state of one run.
+type runner struct {
+	cfg    *Config
+	runID  string
+	clk    *clock
+	win    window
+	dialer *dialer
+	lat    *histShards // end-to-end latency, µs
+	ackLat *histShards // publish-ack latency, µs
+	conLat *histShards // handshake (and subscribe) latency, µs
+
+	dialErrors tally
+	closes     tally
+	pubErrors  tally
+	nodes      tally
+	closing    atomic.Bool // set when the generator starts closing connections
+
+	mu    sync.Mutex
+	subs  []*conn
+	pubs  []*publisher
+	side  atomic.Int64 // messages delivered to raw publishers' connections
+	conns atomic.Int64 // established connections
+	peakG atomic.Int64 // most goroutines progress sampling saw
+	fails atomic.Int64 // failed handshakes
+}
+
+func (r *runner) channelName(i int) string {
+	return fmt.Sprintf("%s.%s.%d", r.cfg.ChannelPrefix, r.runID, i)
+}
+
+// Run performs one run of cfg and returns its result. progress, when not
+// nil, gets a line a second. The result is returned also when the run was
+// cut short, with Result.Aborted saying why, together with the error.
+func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) {
+	limit, lerr := raiseFileLimit()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	id := make([]byte, 4)
+	_, _ = rand.Read(id)
+	shards := max(4, 2*runtime.GOMAXPROCS(0))
+	r := &runner{
+		cfg:    cfg,
+		runID:  hex.EncodeToString(id),
+		clk:    newClock(),
+		dialer: newDialer(cfg.AllowRemote, cfg.SpreadAfter, cfg.DialTimeout),
+		lat:    newHistShards(shards),
+		ackLat: newHistShards(1),
+		conLat: newHistShards(shards),
+	}
+	res := newResult(cfg, r.runID)
+	res.FileLimit = limit
+	if lerr != nil {
+		res.Warnings = append(res.Warnings, lerr.Error())
+	}
+	need := cfg.Subscribers + cfg.Publishers*max(1, cfg.Channels)
+	if limit > 0 && uint64(need)+64 > limit {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d connections need more file descriptors than the limit %d", need, limit))
+	}
+	// When the run is cut short, drop every connection at once: a write
+	// blocked on a server that stopped reading returns only then.
+	stopAbort := context.AfterFunc(ctx, r.abortAll)
+	defer stopAbort()
+	pr := newProgress(progress, r)
+	stopProgress := pr.start("connect")
+	var err error
+	switch cfg.Scenario {
+	case Fanout, Channels:
+		err = r.publishRun(ctx, res, pr)
+	case Idle:
+		err = r.idleRun(ctx, res, pr)
+	case Connect:
+		err = r.connectRun(ctx, res, pr)
+	}
+	pr.setPhase("close")
+	r.closeAll(ctx.Err() == nil)
+	stopProgress()
+	r.collect(res)
+	if err == nil && ctx.Err() != nil {
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		res.Aborted = err.Error()
+	}
+	return res, err
+}
+
+// connectSubs opens cfg.Subscribers connections, subscriber i on channel
+// i mod Channels through URL i mod len(URLs), DialConcurrency at a time and
+// at most ConnectRate per second, until all are done, until stopAt (run
+// epoch ns, 0 for none) or until ctx ends. Each established subscriber
+// starts its read loop.
+func (r *runner) connectSubs(ctx context.Context, nStreams int, stopAt int64) {
+	cfg := r.cfg
+	var next atomic.Int64
+	var pace <-chan time.Time
+	if cfg.ConnectRate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / cfg.ConnectRate))
+		defer t.Stop()
+		pace = t.C
+	}
+	var wg sync.WaitGroup
+	for range min(cfg.DialConcurrency, max(cfg.Subscribers, 1)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= cfg.Subscribers || ctx.Err() != nil || r.closing.Load() {
+					return
+				}
+				if pace != nil {
+					select {
+					case <-pace:
+					case <-ctx.Done():
+						return
+					}
+				}
+				if stopAt > 0 && r.clk.now() >= stopAt {
+					return
+				}
+				r.openSub(ctx, i, nStreams)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (r *runner) openSub(ctx context.Context, i, nStreams int) {
+	cfg := r.cfg
+	ch := i % cfg.Channels
+	base := cfg.URLs[i%len(cfg.URLs)]
+	t0 := r.clk.now()
+	ws, node, err := r.dial(ctx, base, r.channelName(ch))
+	if err != nil {
+		r.fails.Add(1)
+		return
+	}
+	rcv := newReceiver(nStreams, &r.win, r.clk, r.lat, i)
+	if cfg.Mode == Protocol {
+		if err := r.subscribe(ctx, ws, r.channelName(ch), rcv); err != nil {
+			r.fails.Add(1)
+			ws.CloseNow()
+			return
+		}
+	}
+	r.conLat.record(i, []int64{(r.clk.now() - t0) / 1000})
+	c := &conn{ws: ws, channel: ch, node: node, rcv: rcv, done: make(chan struct{})}
+	r.mu.Lock()
+	if r.closing.Load() {
+		r.mu.Unlock()
+		ws.CloseNow()
+		return
+	}
+	r.subs = append(r.subs, c)
+	r.mu.Unlock()
+	r.conns.Add(1)
+	r.nodes.add(node, 1)
+	go r.readLoop(c, nil)
+}
+
+// openPublishers builds the streams and opens the publishers' connections.
+// There are max(Publishers, Channels) streams: publisher p owns channels p,
+// p+P, … when P <= C, or channel p mod C when P > C.
+func (r *runner) openPublishers(ctx context.Context) (int, error) {
+	cfg := r.cfg
+	nStreams := max(cfg.Publishers, cfg.Channels)
+	perStream := cfg.Rate / float64(nStreams)
+	pubs := make([]*publisher, cfg.Publishers)
+	for p := range pubs {
+		pubs[p] = &publisher{idx: p, rate: perStream}
+		if cfg.Mode == Protocol {
+			pubs[p].ring = make([]pending, ringSize)
+		}
+	}
+	for s := range nStreams {
+		ch, p := s%cfg.Channels, s%cfg.Publishers
+		pubs[p].streams = append(pubs[p].streams, &stream{id: uint32(s), channel: ch})
+	}
+	r.mu.Lock()
+	r.pubs = pubs
+	r.mu.Unlock()
+	open := func(idx, ch int) (*conn, error) {
+		base := cfg.URLs[idx%len(cfg.URLs)]
+		ws, node, err := r.dial(ctx, base, r.channelName(ch))
+		if err != nil {
+			return nil, fmt.Errorf("publisher connection to %s: %w", base.Redacted(), err)
+		}
+		r.conns.Add(1)
+		c := &conn{ws: ws, channel: ch, node: node, side: &r.side, done: make(chan struct{})}
+		return c, nil
+	}
+	for _, p := range pubs {
+		if cfg.Mode == Protocol {
+			c, err := open(p.idx, p.streams[0].channel)
+			if err != nil {
+				return nStreams, err
+			}
+			r.mu.Lock()
+			p.conn = c
+			r.mu.Unlock()
+			go r.readLoop(c, func(line []byte, now int64) { p.ack(r, line, now) })
+			continue
+		}
+		for _, s := range p.streams {
+			c, err := open(int(s.id), s.channel)
+			if err != nil {
+				return nStreams, err
+			}
+			r.mu.Lock()
+			s.conn = c
+			r.mu.Unlock()
+			go r.readLoop(c, nil)
+		}
+	}
+	return nStreams, nil
+}
+
+// allAcked reports whether every protocol-mode publish has had its reply
+// (always true in raw mode).
+func (r *runner) allAcked() bool {
+	for _, p := range r.pubs {
+		if p.conn == nil {
+			continue
+		}
+		var sent int64
+		for _, s := range p.streams {
+			sent += s.sent.Load()
+		}
+		if p.acked.Load() < sent {
+			return false
+		}
+	}
+	return true
+}
+
+// pubConns returns every publisher connection.
+func (r *runner) pubConns() []*conn {
+	var out []*conn
+	for _, p := range r.pubs {
+		if p.conn != nil {
+			out = append(out, p.conn)
+		}
+		for _, s := range p.streams {
+			if s.conn != nil {
+				out = append(out, s.conn)
+			}
+		}
+	}
+	return out
+}
+
+// abortAll drops every connection without a close handshake.
+func (r *runner) abortAll() {
+	r.mu.Lock()
+	r.closing.Store(true)
+	conns := append(r.pubConns(), r.subs...)
+	r.mu.Unlock()
+	for _, c := range conns {
+		c.ws.CloseNow()
+	}
+}
+
+// closeAll closes every connection, with the close handshake (1000) when
+// graceful, a bounded number at a time, then waits for their read loops.
+// Connections that do not finish the handshake in time are dropped. A run
+// cut short drops them all at once (graceful false).
+func (r *runner) closeAll(graceful bool) {
+	r.mu.Lock()
+	r.closing.Store(true)
+	conns := append(r.pubConns(), r.subs...)
+	r.mu.Unlock()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.AfterFunc(10*time.Second, func() {
+		for _, c := range conns {
+			c.ws.CloseNow()
+		}
+	})
+	defer deadline.Stop()
+	for range min(256, len(conns)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(conns) {
+					return
+				}
+				c := conns[i]
+				if !graceful || c.ws.Close(websocket.StatusNormalClosure, "bench done") != nil {
+					c.ws.CloseNow()
+				}
+				<-c.done
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// counters sums the subscribers' counters.
+func (r *runner) counters() (received, measured, dups, reordered, foreign int64) {
+	r.mu.Lock()
+	subs := r.subs
+	r.mu.Unlock()
+	for _, c := range subs {
+		received += c.rcv.c.received.Load()
+		measured += c.rcv.c.measured.Load()
+		dups += c.rcv.c.duplicates.Load()
+		reordered += c.rcv.c.reordered.Load()
+		foreign += c.rcv.c.foreign.Load()
+	}
+	return
+}
+
+// expected is the number of unique in-window deliveries the subscribers
+// connected at the start of publishing should get.
+func (r *runner) expected(subsOn []int64) (published, expected int64) {
+	for _, p := range r.pubs {
+		for _, s := range p.streams {
+			n := s.sentWin.Load() - s.rejectWin.Load()
+			published += s.sentWin.Load()
+			expected += n * subsOn[s.channel]
+		}
+	}
+	return
+}
+
+// snapshot is what is sampled at both ends of the measurement window.
+type snapshot struct {
+	at       int64
+	received int64
+	side     int64
+	procs    []ProcSample
+	procErr  []error
+	self     syscall.Rusage
+}
+
+func (r *runner) sample() snapshot {
+	s := snapshot{at: r.clk.now(), side: r.side.Load()}
+	s.received, _, _, _, _ = r.counters()
+	for _, pid := range r.cfg.PIDs {
+		p, err := readProc("/proc", pid)
+		s.procs = append(s.procs, p)
+		s.procErr = append(s.procErr, err)
+	}
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s.self)
+	return s
+}
+
+// sleepUntil waits until run-epoch time t; it returns false when ctx ended
+// first.
+func (r *runner) sleepUntil(ctx context.Context, t int64) bool {
+	d := time.Duration(t - r.clk.now())
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
+func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) error {
+	cfg := r.cfg
+	nStreams := max(cfg.Publishers, cfg.Channels)
+	r.connectSubs(ctx, nStreams, 0)
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if r.conns.Load() == 0 && cfg.Subscribers > 0 {
+		return errNoSubscribers
+	}
+	if _, err := r.openPublishers(ctx); err != nil {
+		return err
+	}
+	subsOn := make([]int64, cfg.Channels)
+	r.mu.Lock()
+	for _, c := range r.subs {
+		subsOn[c.channel]++
+	}
+	r.mu.Unlock()
+
+	t0 := r.clk.now()
+	r.win.end.Store(t0 + int64(cfg.Warmup) + int64(cfg.Duration))
+	r.win.start.Store(t0 + int64(cfg.Warmup))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, p := range r.pubs {
+		wg.Go(func() { p.run(r, stop) })
+	}
+	defer func() { close(stop); wg.Wait() }()
+	pubsDone := make(chan struct{})
+	go func() { wg.Wait(); close(pubsDone) }()
+
+	pr.setPhase("warm-up")
+	if !r.sleepUntil(ctx, r.win.start.Load()) {
+		return context.Cause(ctx)
+	}
+	before := r.sample()
+	pr.setPhase("measure")
+	// The window ends at its planned end or, with -messages, when every
+	// publisher has sent its count, whichever comes first.
+	tm := time.NewTimer(time.Duration(r.win.end.Load() - r.clk.now()))
+	select {
+	case <-ctx.Done():
+		tm.Stop()
+		return context.Cause(ctx)
+	case <-tm.C:
+	case <-pubsDone:
+		tm.Stop()
+		if now := r.clk.now(); now < r.win.end.Load() {
+			r.win.end.Store(now) // nothing is sent any more
+		}
+	}
+	after := r.sample()
+	<-pubsDone // publishers stop at the end of the window
+
+	// Drain: wait for in-flight messages of the window, or give up.
+	pr.setPhase("drain")
+	drainEnd := r.clk.now() + int64(cfg.Drain)
+	for {
+		_, want := r.expected(subsOn) // rejected publishes lower it as replies come
+		_, got, _, _, _ := r.counters()
+		if got >= want && r.allAcked() || r.clk.now() >= drainEnd {
+			break
+		}
+		if !r.sleepUntil(ctx, min(r.clk.now()+int64(20*time.Millisecond), drainEnd)) {
+			return context.Cause(ctx)
+		}
+	}
+	res.setWindow(r, before, after)
+	res.Published, res.Expected = r.expected(subsOn)
+	return nil
+}
+
+func (r *runner) idleRun(ctx context.Context, res *Result, pr *progress) error {
+	before := r.sample()
+	r.connectSubs(ctx, 0, 0)
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	if r.conns.Load() == 0 && r.cfg.Subscribers > 0 {
+		return errNoSubscribers
+	}
+	pr.setPhase("hold")
+	if !r.sleepUntil(ctx, r.clk.now()+int64(r.cfg.Duration)) {
+		return context.Cause(ctx)
+	}
+	after := r.sample()
+	res.setIdle(r, before, after)
+	return nil
+}
+
+func (r *runner) connectRun(ctx context.Context, res *Result, pr *progress) error {
+	before := r.sample()
+	pr.setPhase("storm")
+	r.connectSubs(ctx, 0, before.at+int64(r.cfg.Duration))
+	after := r.sample()
+	res.setConnect(r, before, after)
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return nil
+}
+
+// errNoSubscribers is returned when no subscriber could connect.
+var errNoSubscribers = errors.New("no subscriber connected")

@@ -1,0 +1,107 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/relay-pubsub/relay/node/nodetest"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// BenchmarkBroadcastSockets measures the whole delivery path on real
+// loopback sockets: a message published to the node's broker reaches n
+// raw-mode subscribers, each a bare TCP client in this process that counts
+// frames. cpu-ns/delivery is this process's CPU time (node and clients)
+// per delivery; compare runs of it, not with figures of other tools.
+func BenchmarkBroadcastSockets(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		for _, delay := range []time.Duration{0, 5 * time.Millisecond} {
+			b.Run(fmt.Sprintf("subs=%d/delay=%v", n, delay), func(b *testing.B) {
+				benchBroadcast(b, n, delay)
+			})
+		}
+	}
+}
+
+func benchBroadcast(b *testing.B, n int, delay time.Duration) {
+	broker := pubsub.NewMemory()
+	cfg := nodetest.Config()
+	cfg.MaxConnections = 0
+	cfg.QueueMessages = 1 << 20
+	cfg.QueueBytes = 1 << 30
+	cfg.WriteDelay = delay
+	s := nodetest.Start(b, cfg, broker)
+	addr := strings.TrimPrefix(s.URL, "http://")
+
+	var delivered atomic.Int64
+	var wg sync.WaitGroup
+	for range n {
+		nc := handshake(b, addr, "/ws/bench")
+		wg.Go(func() { countFrames(bufio.NewReaderSize(nc, 32<<10), &delivered) })
+		b.Cleanup(func() { nc.Close() })
+	}
+	m := pubsub.Message{Origin: "elsewhere", Payload: make([]byte, 128)}
+	// Paced in bursts: a publisher far ahead of the sockets would only
+	// measure queueing.
+	const burst = 64
+	start := cpuTime()
+	b.ResetTimer()
+	sent := 0
+	for b.Loop() {
+		broker.Publish(context.Background(), "bench", m)
+		if sent++; sent%burst == 0 {
+			for delivered.Load() < int64((sent-burst)*n) {
+				time.Sleep(50 * time.Microsecond) // pacing the load, not synchronising a test
+			}
+		}
+	}
+	for delivered.Load() < int64(sent*n) {
+		time.Sleep(50 * time.Microsecond)
+	}
+	b.StopTimer()
+	d := float64(sent * n)
+	b.ReportMetric(d/b.Elapsed().Seconds(), "deliveries/s")
+	b.ReportMetric(float64(cpuTime()-start)/d, "cpu-ns/delivery")
+	b.ReportMetric(0, "ns/op")
+}
+
+// countFrames reads unmasked server frames and counts them until EOF.
+func countFrames(r *bufio.Reader, count *atomic.Int64) {
+	var hdr [8]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:2]); err != nil {
+			return
+		}
+		data := hdr[0]&0x0f < 8 // data frames, not ping or close
+		size := int64(hdr[1] & 0x7f)
+		switch size {
+		case 126:
+			io.ReadFull(r, hdr[:2])
+			size = int64(binary.BigEndian.Uint16(hdr[:2]))
+		case 127:
+			io.ReadFull(r, hdr[:8])
+			size = int64(binary.BigEndian.Uint64(hdr[:8]))
+		}
+		if _, err := r.Discard(int(size)); err != nil {
+			return
+		}
+		if data {
+			count.Add(1)
+		}
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
