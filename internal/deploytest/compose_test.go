@@ -164,6 +164,9 @@ func TestComposeFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range relayServices {
+		if strings.Count(string(conf), "server "+name+":8080") != 2 {
+			t.Errorf("deploy/nginx.conf: %s:8080 should be in both upstreams (relay, relay_health)", name)
+		}
 		if !strings.Contains(string(conf), "server "+name+":8080") {
 			t.Errorf("deploy/nginx.conf has no upstream server %s:8080", name)
 		}
