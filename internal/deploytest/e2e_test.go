@@ -6,9 +6,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -367,27 +369,47 @@ func (st *stack) get(t *testing.T, ctx context.Context, path string) (int, strin
 	return resp.StatusCode, strings.TrimSpace(string(body))
 }
 
-// awaitReady polls GET /readyz through the load balancer until it answers
-// want n times in a row (each answer comes from one node; the load
-// balancer spreads them).
+// awaitReady polls GET /readyz through the load balancer (no event
+// exists for readiness) until every node has answered want: the body
+// names the node that answered. Without a node in the body it settles for
+// n answers of want in a row (the load balancer spreads them).
 func (st *stack) awaitReady(t *testing.T, ctx context.Context, want, n int) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	got, row := 0, 0
+	seen := map[string]string{} // node -> last body with want
+	row := 0
+	var got int
 	var body string
 	for time.Now().Before(deadline) {
 		got, body = st.get(t, ctx, "/readyz")
-		if got == want {
-			if row++; row >= n {
-				t.Logf("GET /readyz = %d %s", got, body)
+		var r struct {
+			Node string `json:"node"`
+		}
+		json.Unmarshal([]byte(body), &r)
+		switch {
+		case got == want && r.Node != "":
+			seen[r.Node] = body
+			if len(seen) == len(relayServices) {
+				for node, b := range seen {
+					t.Logf("GET /readyz on %s = %d %s", node, want, b)
+				}
 				return
 			}
 			continue
+		case got == want:
+			if row++; row >= n {
+				t.Logf("GET /readyz = %d %s (%d in a row)", got, body, n)
+				return
+			}
+			continue
+		case r.Node != "":
+			delete(seen, r.Node)
 		}
 		row = 0
 		time.Sleep(250 * time.Millisecond) // poll interval
 	}
-	t.Fatalf("GET /readyz through the load balancer = %d %s for 60 s, want %d", got, body, want)
+	t.Fatalf("GET /readyz through the load balancer: last %d %s; nodes that answered %d: %v; want all of %v within 60 s",
+		got, body, want, slices.Sorted(maps.Keys(seen)), relayServices)
 }
 
 // client is one WebSocket connection through the load balancer, with a
