@@ -51,6 +51,7 @@ func TestComposeE2E(t *testing.T) {
 		t.Fatalf("docker-compose 1.29 rejects docker-compose.yml: %v", err)
 	}
 
+	sweepStale(t, ctx)
 	s := buildStandins(t, ctx)
 	timed(t, "app image "+appImage, func() error { return buildApp(t, ctx, s) })
 	checkAppImage(t, ctx)
@@ -286,7 +287,7 @@ func up(t *testing.T, ctx context.Context, s standins) *stack {
 		t.Fatal(err)
 	}
 	st := &stack{
-		project: "relaye2e" + randHex(4),
+		project: projectPrefix + randHex(4),
 		files:   []string{filepath.Join(root, "docker-compose.yml"), override},
 		port:    freePort(t),
 		dir:     root,
@@ -314,6 +315,39 @@ func up(t *testing.T, ctx context.Context, s standins) *stack {
 		st.awaitHealthy(t, ctx, name)
 	}
 	return st
+}
+
+// projectPrefix starts the compose project name of every run.
+const projectPrefix = "relaye2e"
+
+// sweepStale removes what a run that was killed before its cleanup left
+// behind: the containers, network and volume of projectPrefix projects
+// older than any run can last.
+func sweepStale(t *testing.T, ctx context.Context) {
+	t.Helper()
+	out, err := docker(ctx, "ps", "-a", "--filter", "label=com.docker.compose.project",
+		"--format", `{{.ID}}|{{.Label "com.docker.compose.project"}}|{{.CreatedAt}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.SplitN(line, "|", 3)
+		if len(f) != 3 || !strings.HasPrefix(f[1], projectPrefix) {
+			continue
+		}
+		created, err := time.Parse("2006-01-02 15:04:05 -0700 MST", f[2])
+		if err != nil || time.Since(created) < 30*time.Minute {
+			continue
+		}
+		stale[f[1]] = append(stale[f[1]], f[0])
+	}
+	for project, ids := range stale {
+		t.Logf("removing project %s left by an earlier run", project)
+		docker(ctx, append([]string{"rm", "-f", "-v"}, ids...)...)
+		docker(ctx, "network", "rm", project+"_default")
+		docker(ctx, "volume", "rm", project+"_redis-data")
+	}
 }
 
 func freePort(t *testing.T) int {
