@@ -5,7 +5,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 # Short fuzz passes run by make test (per target).
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test deps lint unit fuzz bench clean
+.PHONY: all build run test deps lint unit fuzz benchsmoke bench clean
 
 all: build
 
@@ -17,7 +17,7 @@ run:
 
 # Installs missing packages (as root), lints, runs the whole suite under the
 # race detector, then short fuzz passes.
-test: deps lint unit fuzz
+test: deps lint unit fuzz benchsmoke
 
 deps:
 	@internal/testenv/deps.sh
@@ -30,11 +30,21 @@ lint:
 unit:
 	$(GO) test -race -count=1 -shuffle=on -timeout 12m ./...
 
-fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) ./pubsub
+# Every Go benchmark once, so that none rots between `make bench` runs.
+benchsmoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub ./node ./node/protocol ./internal/bench
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./pubsub ./node
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pubsub
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeCommand$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzAppendPush$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
+
+# The table of docs/BENCHMARKS.md: two nodes and one redis-server on
+# loopback under relay bench (internal/bench/make-bench.sh; BENCH_ROWS,
+# BENCH_DURATION, BENCH_IDLE_HOLD, BENCH_OUT tune it), then the Go benchmarks.
+bench: deps
+	internal/bench/make-bench.sh
+	$(GO) test -run '^$$' -bench . -benchmem ./pubsub ./node ./node/protocol
 
 clean:
 	rm -rf bin

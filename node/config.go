@@ -57,6 +57,22 @@ type Config struct {
 	// more slowly (TCP pushes back), nothing is dropped.
 	RawPublishRate  float64 `envconfig:"RAW_PUBLISH_RATE" default:"1000" desc:"raw mode: messages per second one connection may publish on average; a faster client is read more slowly, nothing is dropped; 0 = no limit"`
 	RawPublishBurst int     `envconfig:"RAW_PUBLISH_BURST" default:"1000" desc:"raw mode: messages one connection may publish at once above RELAY_RAW_PUBLISH_RATE"`
+
+	// Protocol mode (GET /ws, docs/PROTOCOL.md). For each limit, zero means
+	// none.
+
+	// ProtoMaxChannels bounds the channels one connection subscribes to; a
+	// subscribe beyond gets limit_exceeded.
+	ProtoMaxChannels int `envconfig:"PROTO_MAX_CHANNELS" default:"128" desc:"protocol mode: channels one connection may subscribe to; more gets limit_exceeded; 0 = no limit"`
+	// ProtoCommandRate and ProtoCommandBurst are a token bucket of commands
+	// per connection: ProtoCommandRate per second, up to ProtoCommandBurst
+	// at once; a command beyond gets limit_exceeded.
+	ProtoCommandRate  float64 `envconfig:"PROTO_COMMAND_RATE" default:"100" desc:"protocol mode: commands per second one connection may send on average; more get limit_exceeded; 0 = no limit"`
+	ProtoCommandBurst int     `envconfig:"PROTO_COMMAND_BURST" default:"200" desc:"protocol mode: commands one connection may send at once above RELAY_PROTO_COMMAND_RATE"`
+	// ProtoMaxErrors client errors within ProtoErrorWindow close the
+	// connection with 1008.
+	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many client errors (bad or refused commands) within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
+	ProtoErrorWindow time.Duration `envconfig:"PROTO_ERROR_WINDOW" default:"10s" desc:"protocol mode: the window of RELAY_PROTO_MAX_ERRORS"`
 }
 
 // Validate reports the first invalid field, naming its variable.
@@ -103,6 +119,21 @@ func (c *Config) Validate() error {
 	}
 	if c.RawPublishRate > 0 && c.RawPublishBurst < 1 {
 		errs = append(errs, fmt.Errorf("RELAY_RAW_PUBLISH_BURST: %d; want at least 1 when RELAY_RAW_PUBLISH_RATE is set", c.RawPublishBurst))
+	}
+	if c.ProtoMaxChannels < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_MAX_CHANNELS: %d; want 0 (no limit) or more", c.ProtoMaxChannels))
+	}
+	if c.ProtoCommandRate < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_COMMAND_RATE: %v; want 0 (no limit) or a positive rate per second", c.ProtoCommandRate))
+	}
+	if c.ProtoCommandRate > 0 && c.ProtoCommandBurst < 1 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_COMMAND_BURST: %d; want at least 1 when RELAY_PROTO_COMMAND_RATE is set", c.ProtoCommandBurst))
+	}
+	if c.ProtoMaxErrors < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_MAX_ERRORS: %d; want 0 (never close) or more", c.ProtoMaxErrors))
+	}
+	if c.ProtoMaxErrors > 0 && c.ProtoErrorWindow <= 0 {
+		errs = append(errs, fmt.Errorf("RELAY_PROTO_ERROR_WINDOW: %v; want a positive duration such as 10s when RELAY_PROTO_MAX_ERRORS is set", c.ProtoErrorWindow))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

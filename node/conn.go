@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -14,11 +16,44 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// frame is one outbound WebSocket message. It is immutable and shared by
-// every subscriber it is queued for.
+// frame is one outbound WebSocket message with its frame header, encoded
+// once. It is immutable and shared by every subscriber it is queued for:
+// the writer hands the same header and payload to the kernel for each
+// (writev), without copying them.
 type frame struct {
-	typ  websocket.MessageType
-	data []byte
+	typ    websocket.MessageType
+	data   []byte
+	hdr    []byte // hdrBuf[:n]
+	hdrBuf [maxFrameHeader]byte
+}
+
+// maxFrameHeader is the longest header of an unmasked server frame.
+const maxFrameHeader = 10
+
+// newFrame returns the frame of a message of type typ with payload data.
+func newFrame(typ websocket.MessageType, data []byte) *frame {
+	f := &frame{typ: typ, data: data}
+	f.hdr = appendFrameHeader(f.hdrBuf[:0], typ, len(data))
+	return f
+}
+
+// appendFrameHeader appends the header of a final, unmasked (server) frame
+// of n payload bytes (RFC 6455 section 5.2).
+func appendFrameHeader(b []byte, typ websocket.MessageType, n int) []byte {
+	op := byte(0x1) // text
+	if typ == websocket.MessageBinary {
+		op = 0x2
+	}
+	b = append(b, 0x80|op)
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n <= 0xffff:
+		return append(b, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 127)
+		return binary.BigEndian.AppendUint64(b, uint64(n))
+	}
 }
 
 // newRawFrame is the raw-mode form of m: its payload with its opcode. A
@@ -29,7 +64,7 @@ func newRawFrame(m pubsub.Message) *frame {
 	if m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload)) {
 		typ = websocket.MessageBinary
 	}
-	return &frame{typ: typ, data: m.Payload}
+	return newFrame(typ, m.Payload)
 }
 
 // closeError is why the server closes a connection: the close code and
@@ -62,6 +97,9 @@ const (
 	modeEcho mode = "echo"
 )
 
+// modeProto is protocol mode (docs/PROTOCOL.md; proto.go).
+const modeProto mode = "proto"
+
 // conn is one client connection.
 //
 // Goroutines: one reader (readLoop) for the connection's life, and a writer
@@ -78,10 +116,13 @@ type conn struct {
 	opened  time.Time
 
 	ws      *websocket.Conn
-	nc      *corkConn
+	nc      *wsConn
 	stats   modeMetrics
 	release func() // gives back the connection slot
 	pinger  *time.Timer
+
+	// proto is protocol mode's state; nil in other modes.
+	proto *protoConn
 
 	mu      sync.Mutex
 	queue   []*frame
@@ -197,24 +238,45 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// writeBatch writes every frame of batch with one write to the socket (or
-// a few, for a large batch), within the write timeout.
+// writeBatch writes every frame of batch with one writev to the socket
+// (Go splits it past 1,024 buffers), within the write timeout. The frames'
+// headers and payloads are handed to the kernel as they are: nothing is
+// copied per subscriber, but for protocol-mode pushes joined into one frame.
 func (c *conn) writeBatch(batch []*frame) error {
-	c.nc.cork(time.Now().Add(c.n.cfg.WriteTimeout))
+	w := writevPool.Get().(*writev)
+	defer w.release()
 	bytes := 0
-	for _, f := range batch {
-		if err := c.ws.Write(context.Background(), f.typ, f.data); err != nil {
-			c.nc.uncork()
-			return err
-		}
-		bytes += len(f.data)
+	for rest := batch; len(rest) > 0; {
+		hdr, data, n := w.next(c, rest)
+		rest = rest[n:]
+		w.bufs = append(w.bufs, hdr, data)
+		bytes += len(data)
 	}
-	if err := c.nc.uncork(); err != nil {
+	if err := c.nc.writeBuffers(w.bufs, time.Now().Add(c.n.cfg.WriteTimeout)); err != nil {
 		return err
 	}
 	c.stats.sent.Add(float64(len(batch)))
 	c.stats.sentBytes.Add(float64(bytes))
 	return nil
+}
+
+// writev is the scratch space of one writeBatch, pooled: the buffers of the
+// writev, and the headers and payloads of frames joined for it.
+type writev struct {
+	bufs  net.Buffers
+	hdrs  []byte
+	joins []byte
+}
+
+var writevPool = sync.Pool{New: func() any { return new(writev) }}
+
+func (w *writev) release() {
+	clear(w.bufs) // let the frames go
+	w.bufs, w.hdrs, w.joins = w.bufs[:0], w.hdrs[:0], w.joins[:0]
+	if cap(w.joins) > maxJoinBytes*4 {
+		w.joins = nil
+	}
+	writevPool.Put(w)
 }
 
 // startPings pings the client every PingInterval; a client that does not

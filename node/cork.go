@@ -10,84 +10,47 @@ import (
 
 // Buffer sizes of a hijacked connection. net/http hands over 4 KiB for each
 // direction and coder/websocket keeps both for the connection's life; these
-// smaller ones cut the memory of an idle connection (see BENCHMARKS.md).
-// Writes do not suffer: the writer corks the socket for a whole batch.
+// small ones cut the memory of an idle connection (see BENCHMARKS.md).
+// Reads do not suffer much: a payload larger than the buffer is read
+// straight into the message. Writes of data frames bypass the buffer (see
+// writeBuffers); it carries only control frames.
 const (
-	readBufferSize  = 1024
-	writeBufferSize = 512
-	// corkFlushAt is the size at which a corked batch is written even before
-	// the batch ends, so that one write stays under the socket buffer.
-	corkFlushAt = 64 << 10
+	readBufferSize  = 256
+	writeBufferSize = 256
 )
 
-// corkConn is the hijacked net.Conn of a WebSocket. While corked, writes
-// collect in a pooled buffer and go out with one syscall at uncork: this is
-// how several frames share a write although coder/websocket flushes after
-// each message. Uncorked, writes go straight to the socket. The lock keeps
-// control frames written by the reader (pong, close) whole and in order.
-type corkConn struct {
+// wsConn is the hijacked net.Conn of a WebSocket. coder/websocket writes
+// its control frames (pong, ping, close) through it, each as one Write of
+// its buffered writer, which is flushed at the end of every frame; the
+// connection's writer writes data frames with writeBuffers. The lock keeps
+// every frame whole and the two in order.
+type wsConn struct {
 	net.Conn
-
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte
+	mu sync.Mutex
 }
 
-var corkPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
-
-func (c *corkConn) Write(p []byte) (int, error) {
+func (c *wsConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.corked {
-		return c.Conn.Write(p)
-	}
-	*c.buf = append(*c.buf, p...)
-	if len(*c.buf) >= corkFlushAt {
-		if err := c.flushLocked(); err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
+	return c.Conn.Write(p)
 }
 
-// cork starts collecting writes; the batch must be written by deadline.
-func (c *corkConn) cork(deadline time.Time) {
+// writeBuffers writes bufs with one writev (a few past 1,024 buffers),
+// failing if it is not done by deadline.
+func (c *wsConn) writeBuffers(bufs net.Buffers, deadline time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = true
-	c.buf = corkPool.Get().(*[]byte)
 	c.Conn.SetWriteDeadline(deadline)
-}
-
-// uncork writes what was collected and returns the buffer to the pool.
-func (c *corkConn) uncork() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	err := c.flushLocked()
-	c.corked = false
-	if cap(*c.buf) <= 4*corkFlushAt {
-		*c.buf = (*c.buf)[:0]
-		corkPool.Put(c.buf)
-	}
-	c.buf = nil
+	_, err := bufs.WriteTo(c.Conn)
 	c.Conn.SetWriteDeadline(time.Time{})
 	return err
 }
 
-func (c *corkConn) flushLocked() error {
-	if len(*c.buf) == 0 {
-		return nil
-	}
-	_, err := c.Conn.Write(*c.buf)
-	*c.buf = (*c.buf)[:0]
-	return err
-}
-
 // hijackWriter wraps the ResponseWriter given to websocket.Accept so that
-// the hijacked connection is a corkConn with small buffers.
+// the hijacked connection is a wsConn with small buffers.
 type hijackWriter struct {
 	http.ResponseWriter
-	nc *corkConn
+	nc *wsConn
 }
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -95,7 +58,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.nc = &corkConn{Conn: nc}
+	w.nc = &wsConn{Conn: nc}
 	r := brw.Reader
 	if r.Buffered() == 0 {
 		// Nothing read ahead: net/http's 4 KiB reader can go.

@@ -32,9 +32,13 @@ type hub struct {
 type hubChannel struct {
 	hub  *hub
 	name string
-	// subs is replaced under hub.mu, never modified, so deliver reads it
-	// without a lock.
-	subs atomic.Pointer[[]*conn]
+
+	// mu guards subs and index; deliver holds it for reading while it
+	// enqueues. Lock order: hub.mu, then hubChannel.mu, then conn.mu.
+	// (Copy-on-write would cost O(n²) garbage as n subscribers arrive.)
+	mu    sync.RWMutex
+	subs  []*conn
+	index map[*conn]int // position in subs
 
 	ready chan struct{} // closed once the broker subscription is settled
 	stop  func()        // set before ready closes; nil if err
@@ -52,7 +56,7 @@ func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
 	hc := h.channels[channel]
 	first := hc == nil
 	if first {
-		hc = &hubChannel{hub: h, name: channel, ready: make(chan struct{})}
+		hc = &hubChannel{hub: h, name: channel, ready: make(chan struct{}), index: make(map[*conn]int)}
 		h.channels[channel] = hc
 	}
 	hc.add(c)
@@ -82,11 +86,15 @@ func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
 func (h *hub) unsubscribe(channel string, c *conn) {
 	h.mu.Lock()
 	hc := h.channels[channel]
-	if hc == nil || !hc.remove(c) {
+	if hc == nil {
 		h.mu.Unlock()
 		return
 	}
-	last := len(*hc.subs.Load()) == 0
+	removed, last := hc.remove(c)
+	if !removed {
+		h.mu.Unlock()
+		return
+	}
 	if last {
 		delete(h.channels, channel)
 	}
@@ -108,32 +116,28 @@ func (h *hub) channelCount() int {
 }
 
 func (hc *hubChannel) add(c *conn) {
-	var old []*conn
-	if p := hc.subs.Load(); p != nil {
-		old = *p
-	}
-	subs := make([]*conn, len(old), len(old)+1)
-	copy(subs, old)
-	subs = append(subs, c)
-	hc.subs.Store(&subs)
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	hc.index[c] = len(hc.subs)
+	hc.subs = append(hc.subs, c)
 }
 
-func (hc *hubChannel) remove(c *conn) bool {
-	p := hc.subs.Load()
-	if p == nil {
-		return false
+// remove takes c out of the subscribers, reporting whether it was one and
+// whether none are left.
+func (hc *hubChannel) remove(c *conn) (removed, empty bool) {
+	hc.mu.Lock()
+	defer hc.mu.Unlock()
+	i, ok := hc.index[c]
+	if !ok {
+		return false, len(hc.subs) == 0
 	}
-	old := *p
-	for i, s := range old {
-		if s == c {
-			subs := make([]*conn, 0, len(old)-1)
-			subs = append(subs, old[:i]...)
-			subs = append(subs, old[i+1:]...)
-			hc.subs.Store(&subs)
-			return true
-		}
-	}
-	return false
+	last := len(hc.subs) - 1
+	hc.subs[i] = hc.subs[last]
+	hc.index[hc.subs[i]] = i
+	hc.subs[last] = nil
+	hc.subs = hc.subs[:last]
+	delete(hc.index, c)
+	return true, len(hc.subs) == 0
 }
 
 // deliver hands m to every local subscriber of the channel. It runs on the
@@ -143,14 +147,19 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 	if m.Time != 0 {
 		hc.hub.latency.Observe(time.Duration(time.Now().UnixNano() - m.Time).Seconds())
 	}
-	p := hc.subs.Load()
-	if p == nil {
-		return
-	}
+	hc.mu.RLock()
+	defer hc.mu.RUnlock()
 	fromHere := m.Origin == hc.hub.nodeID
-	var raw *frame
-	for _, c := range *p {
+	var raw, push *frame
+	for _, c := range hc.subs {
 		if fromHere && m.Conn == c.id && !c.echo {
+			continue
+		}
+		if c.mode == modeProto {
+			if push == nil {
+				push = newPushFrame(hc.name, m)
+			}
+			c.enqueue(push)
 			continue
 		}
 		if raw == nil {

@@ -23,6 +23,7 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			nd, err := New(Config{
 				Addr: ":0", NodeID: "bench", MaxMessageBytes: 1 << 16,
 				QueueMessages: queueCap + 1, QueueBytes: 1 << 30, WriteTimeout: time.Second,
+				PingInterval: time.Minute, PongTimeout: time.Minute,
 			}, broker, nil)
 			if err != nil {
 				b.Fatal(err)

@@ -51,7 +51,7 @@ type modeMetrics struct {
 }
 
 // modes lists every mode a connection can have, for the label values.
-var modes = []mode{modeRaw, modeEcho}
+var modes = []mode{modeRaw, modeEcho, modeProto}
 
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()

@@ -37,12 +37,13 @@ type Node struct {
 
 	draining atomic.Bool
 	connSeq  atomic.Uint64
-	readers  sync.WaitGroup // one per connection
+	readers  sync.WaitGroup // one per connection; added under mu while !stopped
 
-	mu    sync.Mutex
-	conns map[*conn]struct{}
-	slots int            // connections open or being upgraded
-	perIP map[string]int // slots by remote IP, when limited
+	mu      sync.Mutex
+	stopped bool // the drain is waiting for readers: no more are added
+	conns   map[*conn]struct{}
+	slots   int            // connections open or being upgraded
+	perIP   map[string]int // slots by remote IP, when limited
 }
 
 // New validates cfg and returns a node that publishes and subscribes
@@ -130,7 +131,7 @@ func (n *Node) logStart(addr net.Addr) {
 		host = fmt.Sprintf("localhost:%d", a.Port)
 	}
 	n.log.Info("listening", "addr", addr.String(),
-		"raw", "ws://"+host+"/ws/{channel}", "echo", "ws://"+host+"/echo",
+		"raw", "ws://"+host+"/ws/{channel}", "protocol", "ws://"+host+"/ws", "echo", "ws://"+host+"/echo",
 		"health", "http://"+host+"/readyz", "metrics", "http://"+host+"/metrics")
 	if !n.auth.enabled() {
 		n.log.Warn("auth is off: any client may connect; set RELAY_AUTH_TOKENS to require a token")
@@ -173,14 +174,19 @@ func (n *Node) drain() {
 			select {
 			case <-ticker.C:
 			case <-deadline.C:
+				n.mu.Lock()
+				n.stopped = true
+				n.mu.Unlock()
 				n.closeNow()
 				n.readers.Wait()
 				return
 			}
 		}
 	}
-	// Connections whose upgrade was under way when the drain began.
+	// Connections whose upgrade was under way when the drain began; from
+	// now on a finishing upgrade is closed at once.
 	n.mu.Lock()
+	n.stopped = true
 	for c := range n.conns {
 		c.close(errDraining)
 	}
@@ -293,9 +299,15 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 	c.stats = n.metrics.byMode[c.mode]
 
 	n.mu.Lock()
+	if n.stopped {
+		// The drain has taken its count: this upgrade finished too late.
+		n.mu.Unlock()
+		ws.CloseNow()
+		return false
+	}
 	n.conns[c] = struct{}{}
-	n.mu.Unlock()
 	n.readers.Add(1)
+	n.mu.Unlock()
 	go n.runConn(c, read)
 	return true
 }

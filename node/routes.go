@@ -22,6 +22,7 @@ import (
 func (n *Node) routes() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws/{channel...}", n.serveRaw)
+	mux.HandleFunc("GET /ws", n.serveProto)
 	mux.HandleFunc("GET /echo", n.serveEcho)
 	mux.HandleFunc("GET /{$}", n.serveRoot)
 	mux.HandleFunc("GET /healthz", n.serveHealth)
@@ -220,7 +221,7 @@ func (n *Node) readEcho(c *conn) error {
 		}
 		c.stats.received.Inc()
 		c.stats.receivedBytes.Add(float64(len(data)))
-		c.enqueue(&frame{typ: typ, data: append([]byte(echoPrefix), data...)})
+		c.enqueue(newFrame(typ, append([]byte(echoPrefix), data...)))
 	}
 }
 
@@ -233,7 +234,7 @@ func (n *Node) serveRoot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprintf(w, "Relay node %s\n\nraw channel mode: ws://%s/ws/{channel}\necho:             ws://%s/echo\n", n.id, r.Host, r.Host)
+	fmt.Fprintf(w, "Relay node %s\n\nraw channel mode: ws://%s/ws/{channel}\nprotocol mode:    ws://%s/ws\necho:             ws://%s/echo\n", n.id, r.Host, r.Host, r.Host)
 }
 
 // queryBool parses the query parameter key: absent is false.

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -41,6 +42,7 @@ type config struct {
 	pubsub.RedisConfig
 	LogFormat string `envconfig:"LOG_FORMAT" default:"auto" desc:"log format: auto (text on a terminal, JSON otherwise), text or json"`
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"least severe log level: debug, info, warn or error"`
+	PprofAddr string `envconfig:"PPROF_ADDR" desc:"address of a separate listener serving Go profiles at /debug/pprof/ (e.g. 127.0.0.1:6060); empty = off; never expose it publicly"`
 }
 
 const prefix = "RELAY"
@@ -62,10 +64,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
-		if err := bench.Command(ctx, args[1:], stdout, stderr); err != nil {
-			if !errors.Is(err, flag.ErrHelp) {
-				fmt.Fprintln(stderr, "relay bench:", err)
-			}
+		err := bench.Command(ctx, args[1:], stdout, stderr)
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case err != nil:
+			fmt.Fprintln(stderr, "relay bench:", err)
 			return 1
 		}
 		return 0
@@ -189,6 +193,12 @@ func serve(stderr io.Writer) int {
 		fmt.Fprintln(stderr, "relay:", oneLine(err))
 		return 2
 	}
+	if cfg.PprofAddr != "" {
+		if err := servePprof(cfg.PprofAddr, log); err != nil {
+			fmt.Fprintln(stderr, "relay: RELAY_PPROF_ADDR:", err)
+			return 2
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
@@ -246,4 +256,22 @@ func healthcheck(stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// servePprof serves Go's profiles on their own listener, for the life of
+// the process.
+func servePprof(addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.Warn("serving Go profiles; keep this address private", "pprof", "http://"+ln.Addr().String()+"/debug/pprof/")
+	go srv.Serve(ln)
+	return nil
 }

@@ -28,7 +28,9 @@ const (
 )
 
 // Config is one run of the generator, as the flags set it. The zero value is
-// not valid; parseFlags fills the defaults.
+// not valid: the flags' defaults are the reference; [Run] fills the
+// scenario-dependent zero fields (Channels, Publishers, Timeout) and
+// validates the rest.
 type Config struct {
 	Scenario string // fanout, channels, idle or connect
 	Mode     string // raw or protocol
@@ -47,15 +49,15 @@ type Config struct {
 	Timeout  time.Duration // hard limit for the whole run
 	Tick     time.Duration // publisher pacing interval
 
-	DialTimeout     time.Duration
-	DialConcurrency int     // handshakes in flight at once
-	ConnectRate     float64 // handshakes started per second; 0 is unlimited
-	SpreadAfter     int     // connections per destination before using 127.0.0.2+
+	DialTimeout     time.Duration // one handshake (and protocol subscribe)
+	DialConcurrency int           // handshakes in flight at once
+	ConnectRate     float64       // handshakes started per second; 0 is unlimited
+	SpreadAfter     int           // connections per destination before using 127.0.0.2+
 
 	Token         string // bearer token for the upgrade request
 	PIDs          []int  // server processes to read from /proc
-	AllowRemote   bool
-	ChannelPrefix string
+	AllowRemote   bool   // allow targets outside the loopback range
+	ChannelPrefix string // channel names are ChannelPrefix.RUNID.N
 	Batch         bool   // protocol mode: allow batched pushes
 	Progress      string // auto, on or off
 	Quiet         bool   // no text report, only the JSON line
@@ -110,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "measurement window (idle: hold time; connect: longest storm)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "longest wait for in-flight messages after the window")
 	fs.DurationVar(&c.Timeout, "timeout", 0, "hard limit for the whole run (default: warm-up + duration + drain + 2m)")
-	fs.DurationVar(&c.Tick, "tick", 10*time.Millisecond, "publisher pacing interval: each tick sends the messages due")
+	fs.DurationVar(&c.Tick, "tick", 10*time.Millisecond, "publisher pacing interval: each tick sends the messages due (a slower publisher ticks at its message interval, up to 1s)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", 10*time.Second, "timeout of one WebSocket handshake")
 	fs.IntVar(&c.DialConcurrency, "concurrency", 64, "handshakes in flight at once")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", 0, "handshakes started per second (0: unlimited)")
@@ -232,23 +234,21 @@ func validChannelRune(r rune) bool {
 // Command runs `relay bench` with args (without "bench"). It writes the
 // human report and progress to stderr and the final one-line JSON result to
 // stdout, and returns when the run ends, the -timeout passes or ctx is
-// cancelled. -h prints usage and returns flag.ErrHelp.
+// cancelled. -h prints usage and returns flag.ErrHelp. The caller prints the
+// returned error; a run cut short still writes its report and JSON line
+// first.
 //
 // `relay bench table [FILE...]` instead renders result lines as a markdown
 // table (see [Table]).
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "table" {
 		if err := Table(args[1:], stdout); err != nil {
-			fmt.Fprintf(stderr, "relay bench table: %v\n", err)
-			return err
+			return fmt.Errorf("table: %w", err)
 		}
 		return nil
 	}
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stderr, "relay bench: %v\n", err)
-		}
 		return err
 	}
 	progress := cfg.Progress == "on"
@@ -258,13 +258,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.CPUProfile != "" {
 		f, err := os.Create(cfg.CPUProfile)
 		if err != nil {
-			fmt.Fprintf(stderr, "relay bench: %v\n", err)
 			return err
 		}
 		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
-			fmt.Fprintf(stderr, "relay bench: cpu profile: %v\n", err)
-			return err
+			return fmt.Errorf("cpu profile: %w", err)
 		}
 		defer pprof.StopCPUProfile()
 	}

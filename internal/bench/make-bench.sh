@@ -15,9 +15,14 @@
 #   BENCH_DURATION   measurement window per publishing row (default 20s)
 #   BENCH_IDLE_HOLD  hold of the idle row, long enough for the heap to settle (default 60s)
 #   BENCH_SIZE       message size in bytes (default 128)
+#   BENCH_PUBLISHERS publishers per publishing row, spread over both nodes (default 20, so
+#                    that each stays far below the nodes' per-connection publish limits:
+#                    RELAY_RAW_PUBLISH_RATE and, in protocol mode, the command rate)
 #   BENCH_OUT        directory for results.jsonl, table.md and logs (default: a new temp dir)
-#   RELAY_BIN        relay binary for the nodes (default: built from ./cmd/relay)
-#   BENCH_BIN        binary that has the `bench` subcommand (default: RELAY_BIN)
+#   BENCH_RELAY      relay binary for the nodes (default: built from ./cmd/relay)
+#   BENCH_BIN        binary that has the `bench` subcommand (default: BENCH_RELAY)
+#   RELAY_*          node settings (e.g. RELAY_WRITE_DELAY=0) reach both nodes; the
+#                    script sets RELAY_ADDR, RELAY_REDIS_URL and RELAY_NODE_ID itself
 #   REDIS_SERVER     redis-server to run (default: from PATH)
 set -euo pipefail
 
@@ -28,6 +33,7 @@ warmup=${BENCH_WARMUP:-5s}
 duration=${BENCH_DURATION:-20s}
 idle_hold=${BENCH_IDLE_HOLD:-60s}
 size=${BENCH_SIZE:-128}
+publishers=${BENCH_PUBLISHERS:-20}
 redis_server=${REDIS_SERVER:-redis-server}
 out=${BENCH_OUT:-$(mktemp -d -t relay-bench-XXXXXX)}
 mkdir -p "$out"
@@ -93,12 +99,12 @@ wait_port() {
 	return 1
 }
 
-if [[ -z "${RELAY_BIN:-}" ]]; then
+if [[ -z "${BENCH_RELAY:-}" ]]; then
 	echo "make-bench: building relay" >&2
 	(cd "$root" && go build -o "$work/relay" ./cmd/relay)
-	RELAY_BIN=$work/relay
+	BENCH_RELAY=$work/relay
 fi
-bench_bin=${BENCH_BIN:-$RELAY_BIN}
+bench_bin=${BENCH_BIN:-$BENCH_RELAY}
 
 # start_cluster starts redis-server and two nodes; sets urls and server_pids.
 start_cluster() {
@@ -115,7 +121,7 @@ start_cluster() {
 		local port
 		port=$(free_port)
 		RELAY_ADDR=127.0.0.1:$port RELAY_REDIS_URL=redis://127.0.0.1:$rport/0 RELAY_NODE_ID=node-$i \
-			"$RELAY_BIN" >"$out/node$i-$1.log" 2>&1 &
+			"$BENCH_RELAY" >"$out/node$i-$1.log" 2>&1 &
 		local pid=$!
 		pids+=("$pid")
 		wait_port "$port" "$pid" || die "node $i did not start (see $out/node$i-$1.log)"
@@ -144,7 +150,7 @@ run_row() {
 }
 
 : >"$out/results.jsonl"
-pub=(-publishers 2 -size "$size" -warmup "$warmup" -duration "$duration" -concurrency 128)
+pub=(-publishers "$publishers" -size "$size" -warmup "$warmup" -duration "$duration" -concurrency 128)
 for row in $rows; do
 	case $row in
 	fanout-1k-300) run_row "$row" fanout -subs 1000 -rate 300 "${pub[@]}" ;;

@@ -136,3 +136,36 @@ func parsePIDs(s string) ([]int, error) {
 	}
 	return pids, nil
 }
+
+// parseCPUBusy returns the busy and total clock ticks of all CPUs from the
+// first line of /proc/stat ("cpu  user nice system idle iowait irq softirq
+// steal guest guest_nice"). Busy excludes idle and iowait; guest time is
+// already inside user and nice.
+func parseCPUBusy(stat []byte) (busy, total uint64, err error) {
+	line, _, _ := strings.Cut(string(stat), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, 0, errors.New("/proc/stat: no cpu line")
+	}
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total, nil
+}
+
+// machineCPU reads the busy and total ticks of the machine, or zeros.
+func machineCPU() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	busy, total, _ = parseCPUBusy(b)
+	return busy, total
+}

@@ -95,3 +95,18 @@ func TestParsePIDs(t *testing.T) {
 		}
 	}
 }
+
+func TestParseCPUBusy(t *testing.T) {
+	busy, total, err := parseCPUBusy([]byte("cpu  100 5 50 1000 20 1 2 3 7 0\ncpu0 1 2 3 4\n"))
+	if err != nil || busy != 100+5+50+1+2+3 || total != 100+5+50+1000+20+1+2+3 {
+		t.Errorf("parseCPUBusy = %d, %d, %v; want 161, 1181", busy, total, err)
+	}
+	for _, in := range []string{"", "cpu0 1 2 3 4 5 6 7", "cpu 1 2 x 4 5 6 7"} {
+		if _, _, err := parseCPUBusy([]byte(in)); err == nil {
+			t.Errorf("parseCPUBusy(%q): nil error", in)
+		}
+	}
+	if b, tot := machineCPU(); tot == 0 || b > tot {
+		t.Errorf("machineCPU() = %d, %d", b, tot)
+	}
+}

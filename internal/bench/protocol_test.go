@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 )
@@ -72,4 +73,30 @@ func TestNextLine(t *testing.T) {
 	if len(got) != 3 || got[0] != "a" || got[1] != "bc" || got[2] != "d" {
 		t.Errorf("lines = %q, want [a bc d]", got)
 	}
+}
+
+// FuzzProtocolFrame feeds arbitrary server frames to the protocol-mode
+// decoders: they never panic, lines partition the frame, and a payload
+// found in a push decodes only from inside its line.
+func FuzzProtocolFrame(f *testing.F) {
+	p := string(AppendPayload(nil, Header{Stream: 1, Seq: 2, Sent: 3}, 64))
+	f.Add([]byte(`{"channel":"c","data":"` + p + `"}` + "\n" + `{"id":1,"result":{}}`))
+	f.Add([]byte(`{"id":2,"error":{"code":"unavailable","message":"x"}}`))
+	f.Add([]byte("\n\n{\"data\" :\"rb1 \n"))
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		var total int
+		for line, rest := nextLine(frame); line != nil; line, rest = nextLine(rest) {
+			if len(line) == 0 || bytes.IndexByte(line, '\n') >= 0 {
+				t.Fatalf("nextLine gave %q", line)
+			}
+			total += len(line)
+			if pl := pushPayload(line); pl != nil && !bytes.Contains(line, pl) {
+				t.Fatalf("pushPayload(%q) = %q, not part of the line", line, pl)
+			}
+			_ = parseReply(line)
+		}
+		if want := len(frame) - bytes.Count(frame, []byte("\n")); total != want {
+			t.Fatalf("lines hold %d bytes, want %d", total, want)
+		}
+	})
 }

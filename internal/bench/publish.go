@@ -49,18 +49,35 @@ type pending struct {
 // an older one is counted unknown.
 const ringSize = 1 << 16
 
+// tick returns the publisher's pacing interval: -tick, or the interval
+// between its messages when that is longer (up to a second), so that a
+// slow publisher does not wake up for nothing.
+func (p *publisher) tick(least time.Duration) time.Duration {
+	total := p.rate * float64(len(p.streams))
+	if total <= 0 {
+		return time.Second
+	}
+	return min(max(least, time.Duration(float64(time.Second)/total)), time.Second)
+}
+
 // run publishes until the window ends or stop is closed.
 func (p *publisher) run(r *runner, stop <-chan struct{}) {
-	t := time.NewTicker(r.cfg.Tick)
+	t := time.NewTicker(p.tick(r.cfg.Tick))
 	defer t.Stop()
 	start := r.clk.now()
+	// Wake at the end of the window too, not only at the next tick.
+	end := time.NewTimer(time.Duration(r.win.end.Load() - start))
+	defer end.Stop()
 	buf := make([]byte, 0, r.cfg.Size+256)
 	for {
 		now := r.clk.now()
 		if end := r.win.end.Load(); now >= end {
 			return
 		}
-		due := int64(float64(now-start)/1e9*p.rate) + 1
+		var due int64 // messages per stream due by now; the first at start
+		if p.rate > 0 {
+			due = int64(float64(now-start)/1e9*p.rate) + 1
+		}
 		if lag := p.lag(due, now, start); lag > p.lagMax.Load() {
 			p.lagMax.Store(lag)
 		}
@@ -76,6 +93,8 @@ func (p *publisher) run(r *runner, stop <-chan struct{}) {
 		}
 		select {
 		case <-stop:
+			return
+		case <-end.C:
 			return
 		case <-t.C:
 		}

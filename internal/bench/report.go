@@ -59,6 +59,7 @@ type Result struct {
 	ServerCPUPerDel float64          `json:"server_cpu_per_delivery_us,omitempty"`
 	RSSPerConn      float64          `json:"server_rss_per_conn,omitempty"` // idle: growth over all PIDs per connection
 	Generator       GeneratorStats   `json:"generator"`
+	Machine         MachineStats     `json:"machine"`
 	Warnings        []string         `json:"warnings,omitempty"`
 	Aborted         string           `json:"aborted,omitempty"`
 }
@@ -92,7 +93,6 @@ type ServerStats struct {
 	RSSBefore  int64   `json:"rss_before"`
 	RSS        int64   `json:"rss"`
 	HWM        int64   `json:"rss_peak"`
-	RSSPerConn float64 `json:"rss_per_conn,omitempty"` // idle: growth per connection
 	Error      string  `json:"error,omitempty"`
 }
 
@@ -105,6 +105,14 @@ type GeneratorStats struct {
 	RSS            int64   `json:"rss"`
 	RSSPerConn     float64 `json:"rss_per_conn,omitempty"`
 	Goroutines     int     `json:"goroutines"`
+}
+
+// MachineStats is the whole machine's CPU over the window: what other
+// processes used is load that the figures above did not account for.
+type MachineStats struct {
+	CPUs        int     `json:"cpus"`
+	BusyCores   float64 `json:"busy_cores"`   // all processes
+	OthersCores float64 `json:"others_cores"` // neither the -pids nor the generator: other processes, interrupts
 }
 
 func newResult(cfg *Config, runID string) *Result {
@@ -176,6 +184,18 @@ func (res *Result) servers(before, after snapshot) (cpu float64) {
 	if secs > 0 {
 		g.Cores = g.CPUSeconds / secs
 	}
+	m := &res.Machine
+	m.CPUs = runtime.NumCPU()
+	if secs > 0 && after.total > before.total {
+		// Ticks of all CPUs over the window; busy share times the CPUs.
+		share := float64(after.busy-before.busy) / float64(after.total-before.total)
+		m.BusyCores = share * float64(m.CPUs)
+		m.OthersCores = max(0, m.BusyCores-g.Cores-cpu/secs)
+		if m.OthersCores >= 0.25 {
+			res.Warnings = append(res.Warnings, fmt.Sprintf(
+				"%.2f cores went to other processes (or interrupts) during the window: the machine was not quiet", m.OthersCores))
+		}
+	}
 	return cpu
 }
 
@@ -200,9 +220,9 @@ func (res *Result) setWindow(r *runner, before, after snapshot) {
 }
 
 // setIdle fills the figures of an idle run's hold.
-func (res *Result) setIdle(r *runner, before, after snapshot) {
-	res.WindowS = time.Duration(after.at - before.at).Seconds()
+func (res *Result) setIdle(r *runner, before, after snapshot, holdStart int64) {
 	res.servers(before, after)
+	res.WindowS = time.Duration(after.at - holdStart).Seconds()
 	n := r.conns.Load()
 	if n == 0 {
 		return
@@ -211,7 +231,6 @@ func (res *Result) setIdle(r *runner, before, after snapshot) {
 	for i := range res.Servers {
 		s := &res.Servers[i]
 		if s.Error == "" {
-			s.RSSPerConn = float64(s.RSS-s.RSSBefore) / float64(n)
 			growth += s.RSS - s.RSSBefore
 		}
 	}
@@ -325,7 +344,7 @@ func (res *Result) WriteText(w io.Writer) {
 		p("load: %d channel(s), %d publisher(s), %d stream(s), %.0f msg/s target, %d B, %.1f s window after %.1f s warm-up\n",
 			res.Channels, res.Publishers, res.Streams, res.RateTarget, res.Size, res.WindowS, res.WarmupS)
 		p("published: %d (%.1f msg/s); publishers at most %s behind schedule\n", res.Published, res.PublishRate, fmtMS(res.PublisherLagMax))
-		p("delivered: %d of %d expected; loss %d (%.3f %%), duplicates %d, out of order %d",
+		p("delivered: %d of %d expected; lost or later than the drain %d (%.3f %%), duplicates %d, out of order %d",
 			res.Delivered, res.Expected, res.Loss, res.LossPct, res.Duplicates, res.Reordered)
 		if res.Foreign > 0 {
 			p(", foreign %d", res.Foreign)
@@ -346,7 +365,7 @@ func (res *Result) WriteText(w io.Writer) {
 			p("  publish error: %s ×%d\n", k, res.PublishErrors[k])
 		}
 	case Idle:
-		p("held %d connections for %.1f s\n", res.Connected, res.WindowS)
+		p("held %d connections for %.1f s after connecting\n", res.Connected, res.WindowS)
 	}
 	for _, k := range sortedKeys(res.Closes) {
 		p("closed by server or network: %s ×%d\n", k, res.Closes[k])
@@ -358,16 +377,14 @@ func (res *Result) WriteText(w io.Writer) {
 		}
 		p("server pid %d (%s): cpu %.2f s (%.2f cores), rss %s (before %s, peak %s)",
 			s.PID, s.Name, s.CPUSeconds, s.Cores, mib(s.RSS), mib(s.RSSBefore), mib(s.HWM))
-		if s.RSSPerConn != 0 {
-			p(", %.1f KiB per connection", s.RSSPerConn/1024)
-		}
 		p("\n")
 	}
 	if res.ServerCPUPerDel > 0 {
 		p("server cpu per delivery: %.2f µs\n", res.ServerCPUPerDel)
 	}
 	if res.RSSPerConn != 0 {
-		p("server rss per connection: %.1f KiB\n", res.RSSPerConn/1024)
+		p("server rss per connection: %.1f KiB (growth of all PIDs from before connecting to the end of the hold, / %d connections)\n",
+			res.RSSPerConn/1024, res.Connected)
 	}
 	g := res.Generator
 	p("generator: cpu %.2f s (%.2f cores)", g.CPUSeconds, g.Cores)
@@ -375,6 +392,10 @@ func (res *Result) WriteText(w io.Writer) {
 		p(", %.2f µs per delivery", g.CPUPerDelivery)
 	}
 	p(", rss %s, peak goroutines %d\n", mib(g.RSS), g.Goroutines)
+	if m := res.Machine; m.CPUs > 0 && m.BusyCores > 0 {
+		p("machine: %.2f of %d cores busy; %.2f not in the -pids or the generator (other processes, interrupts)\n",
+			m.BusyCores, m.CPUs, m.OthersCores)
+	}
 	for _, s := range res.Warnings {
 		p("warning: %s\n", s)
 	}
@@ -422,6 +443,7 @@ func (p *progress) setPhase(s string) { p.phase.Store(&s) }
 // that stops it and waits.
 func (p *progress) start(phase string) (stop func()) {
 	p.setPhase(phase)
+	p.last.at = p.r.clk.now()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -460,7 +482,7 @@ func (p *progress) line() {
 	}
 	secs := time.Duration(now - p.last.at).Seconds()
 	rate := 0.0
-	if p.last.at != 0 && secs > 0 {
+	if secs > 0 {
 		rate = float64(recv-p.last.recv) / secs
 	}
 	p.last.at, p.last.recv = now, recv

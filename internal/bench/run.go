@@ -50,6 +50,12 @@ func (r *runner) channelName(i int) string {
 // nil, gets a line a second. The result is returned also when the run was
 // cut short, with Result.Aborted saying why, together with the error.
 func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) {
+	if len(cfg.URLs) == 0 {
+		return nil, errors.New("no URL to load")
+	}
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
 	limit, lerr := raiseFileLimit()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -347,6 +353,8 @@ type snapshot struct {
 	procs    []ProcSample
 	procErr  []error
 	self     syscall.Rusage
+	busy     uint64 // machine's busy clock ticks, all CPUs
+	total    uint64 // machine's clock ticks, all CPUs
 }
 
 func (r *runner) sample() snapshot {
@@ -358,6 +366,7 @@ func (r *runner) sample() snapshot {
 		s.procErr = append(s.procErr, err)
 	}
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s.self)
+	s.busy, s.total = machineCPU()
 	return s
 }
 
@@ -461,11 +470,12 @@ func (r *runner) idleRun(ctx context.Context, res *Result, pr *progress) error {
 		return errNoSubscribers
 	}
 	pr.setPhase("hold")
-	if !r.sleepUntil(ctx, r.clk.now()+int64(r.cfg.Duration)) {
+	holdStart := r.clk.now()
+	if !r.sleepUntil(ctx, holdStart+int64(r.cfg.Duration)) {
 		return context.Cause(ctx)
 	}
 	after := r.sample()
-	res.setIdle(r, before, after)
+	res.setIdle(r, before, after, holdStart)
 	return nil
 }
 

@@ -222,9 +222,11 @@ func TestIdle(t *testing.T) {
 	if len(res.Servers) != 1 || res.Servers[0].RSS == 0 {
 		t.Fatalf("servers = %+v, want RSS of this process", res.Servers)
 	}
-	// The stand-in is this process: its growth is the per-connection figure.
-	if res.RSSPerConn != res.Servers[0].RSSPerConn {
-		t.Errorf("rss per conn %v, server's %v: want equal with one pid", res.RSSPerConn, res.Servers[0].RSSPerConn)
+	// The stand-in is this process: its growth over the connections is the
+	// per-connection figure.
+	s := res.Servers[0]
+	if want := float64(s.RSS-s.RSSBefore) / 50; res.RSSPerConn != want {
+		t.Errorf("rss per conn %v, want (%d - %d) / 50 = %v", res.RSSPerConn, s.RSS, s.RSSBefore, want)
 	}
 	if !strings.Contains(report, "held 50 connections") {
 		t.Errorf("report:\n%s", report)
@@ -332,5 +334,17 @@ func TestTimeoutUnblocksWrites(t *testing.T) {
 	}
 	if res == nil || res.Aborted == "" {
 		t.Errorf("result %+v: want Aborted", res)
+	}
+}
+
+func TestRateZeroPublishesNothing(t *testing.T) {
+	s := newStandIn(t, "a")
+	res, report, err := runBench(t, "fanout", "-url", s.url(), "-subs", "2", "-rate", "0",
+		"-warmup", "0s", "-duration", "50ms", "-drain", "0s")
+	if err != nil {
+		t.Fatalf("Command: %v\n%s", err, report)
+	}
+	if res.Published != 0 || res.Expected != 0 || res.Delivered != 0 || res.Loss != 0 {
+		t.Errorf("published %d, expected %d, delivered %d, loss %d; want 0", res.Published, res.Expected, res.Delivered, res.Loss)
 	}
 }

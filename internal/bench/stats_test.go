@@ -2,6 +2,7 @@ package bench
 
 import (
 	"testing"
+	"time"
 )
 
 func TestStreamStateObserve(t *testing.T) {
@@ -103,5 +104,25 @@ func BenchmarkReceiverMessage(b *testing.B) {
 		seq++
 		AppendPayload(p[:0], Header{Seq: seq, Sent: 10}, 128)
 		r.message(p, 20)
+	}
+}
+
+func TestPublisherTick(t *testing.T) {
+	tests := []struct {
+		rate    float64
+		streams int
+		want    time.Duration
+	}{
+		{1000, 1, 10 * time.Millisecond}, // faster than -tick: -tick
+		{10, 1, 100 * time.Millisecond},  // one message per tick
+		{5, 2, 100 * time.Millisecond},   // 10/s over two streams
+		{0.1, 1, time.Second},            // at most a second
+		{0, 1, time.Second},
+	}
+	for _, tt := range tests {
+		p := &publisher{rate: tt.rate, streams: make([]*stream, tt.streams)}
+		if got := p.tick(10 * time.Millisecond); got != tt.want {
+			t.Errorf("tick(rate %v × %d streams) = %v, want %v", tt.rate, tt.streams, got, tt.want)
+		}
 	}
 }

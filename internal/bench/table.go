@@ -44,14 +44,14 @@ func Table(args []string, w io.Writer) error {
 }
 
 func writeTable(w io.Writer, rows []*Result) {
-	fmt.Fprintln(w, "| load | mode | delivered/s | loss | dup / reordered | latency p50 / p99 / max | publish ack p99 | server CPU per delivery | memory | generator |")
+	fmt.Fprintln(w, "| load | mode | delivered/s | loss | dup / reordered | latency p50 / p99 / max | publish ack p99 | server CPU per delivery | memory | generator (and other load) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
 		cells := []string{loadLabel(r), r.Mode, "", "", "", "", "", "", memoryLabel(r), generatorLabel(r)}
 		if r.Scenario == Fanout || r.Scenario == Channels {
 			cells[2] = thousands(r.DeliveredPerSec)
-			cells[3] = fmt.Sprintf("%d (%.2f %%)", r.Loss, r.LossPct)
-			cells[4] = fmt.Sprintf("%d / %d", r.Duplicates, r.Reordered)
+			cells[3] = fmt.Sprintf("%s (%.2f %%)", thousands(float64(r.Loss)), r.LossPct)
+			cells[4] = thousands(float64(r.Duplicates)) + " / " + thousands(float64(r.Reordered))
 			if l := r.Latency; l != nil {
 				cells[5] = fmtMS(l.P50) + " / " + fmtMS(l.P99) + " / " + fmtMS(l.Max)
 			}
@@ -121,10 +121,11 @@ func memoryLabel(r *Result) string {
 		parts = append(parts, fmt.Sprintf("%.1f KiB per connection", r.RSSPerConn/1024))
 	}
 	if lo >= 0 {
-		if lo == hi {
-			parts = append(parts, fmt.Sprintf("%.0f MiB per node", float64(lo)/(1<<20)))
+		l, h := fmt.Sprintf("%.0f", float64(lo)/(1<<20)), fmt.Sprintf("%.0f", float64(hi)/(1<<20))
+		if l == h {
+			parts = append(parts, l+" MiB per node")
 		} else {
-			parts = append(parts, fmt.Sprintf("%.0f–%.0f MiB per node", float64(lo)/(1<<20), float64(hi)/(1<<20)))
+			parts = append(parts, l+"–"+h+" MiB per node")
 		}
 	}
 	if len(redis) > 0 {
@@ -135,10 +136,14 @@ func memoryLabel(r *Result) string {
 
 func generatorLabel(r *Result) string {
 	g := r.Generator
+	s := fmt.Sprintf("%.2f cores, %s", g.Cores, mib(g.RSS))
 	if g.CPUPerDelivery > 0 {
-		return fmt.Sprintf("%.2f cores, %.2f µs/delivery", g.Cores, g.CPUPerDelivery)
+		s = fmt.Sprintf("%.2f cores, %.2f µs/delivery", g.Cores, g.CPUPerDelivery)
 	}
-	return fmt.Sprintf("%.2f cores, %s", g.Cores, mib(g.RSS))
+	if o := r.Machine.OthersCores; o >= 0.05 {
+		s += fmt.Sprintf("; other processes %.2f cores", o)
+	}
+	return s
 }
 
 // thousands formats v rounded, with comma separators.

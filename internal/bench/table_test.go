@@ -51,3 +51,23 @@ func TestThousands(t *testing.T) {
 		}
 	}
 }
+
+func TestProgressLine(t *testing.T) {
+	r := &runner{cfg: &Config{}, clk: newClock()}
+	r.conns.Store(7)
+	r.fails.Store(1)
+	var buf bytes.Buffer
+	p := newProgress(&buf, r)
+	stop := p.start("measure")
+	stop()
+	p.line()
+	got := buf.String()
+	for _, want := range []string{"measure", "conns 7 (failed 1)", "received 0 (0/s)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("progress line %q lacks %q", got, want)
+		}
+	}
+	if r.peakG.Load() == 0 {
+		t.Error("progress did not sample goroutines")
+	}
+}

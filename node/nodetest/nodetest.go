@@ -36,6 +36,7 @@ func Config() node.Config {
 		RawPublishRate:  1000,
 		RawPublishBurst: 1000,
 	}
+	// Protocol-mode limits are left at 0 (none); tests of the limits set them.
 }
 
 // Server is a node serving on a loopback listener.

@@ -18,6 +18,16 @@ const (
 	CodeInternal        Code = "internal"
 )
 
+// The error codes of protocol-mode subscriptions.
+const (
+	// CodeAlreadySubscribed answers a subscribe to a channel the connection
+	// is already subscribed to.
+	CodeAlreadySubscribed Code = "already_subscribed"
+	// CodeNotSubscribed answers an unsubscribe from a channel the
+	// connection is not subscribed to.
+	CodeNotSubscribed Code = "not_subscribed"
+)
+
 // Close codes Relay sends, with the standard meanings of RFC 6455 where one
 // fits. The reason of every close says more.
 const (

@@ -1,4 +1,7 @@
 // Package protocol holds Relay's wire vocabulary shared by the node and its
-// clients: channel name rules, error codes and close codes. It imports only
-// the standard library.
+// clients: channel name rules, error codes and close codes, and the
+// protocol-mode messages: commands (DecodeCommand, AppendCommand), replies
+// (Reply, AppendResult, AppendError) and pushes (Push, AppendPush).
+// docs/PROTOCOL.md specifies the format. It imports only the standard
+// library.
 package protocol

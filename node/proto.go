@@ -1,0 +1,258 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+	"golang.org/x/time/rate"
+
+	"github.com/relay-pubsub/relay/node/protocol"
+	"github.com/relay-pubsub/relay/pubsub"
+)
+
+// Protocol mode: GET /ws, one connection, many channels, JSON commands with
+// replies and pushes. docs/PROTOCOL.md is the specification; this file and
+// it must agree (TestProtocolDoc plays every example of it).
+
+// maxJoinBytes bounds a frame of joined pushes: a push is added to the
+// frame only while the frame stays within it. A single larger push goes in
+// a frame of its own.
+const maxJoinBytes = 64 << 10
+
+// errTooManyErrors closes a connection that keeps sending bad commands.
+// The error reply that crossed the limit is sent first.
+var errTooManyErrors = &closeError{protocol.ClosePolicyViolation, "too many bad commands", true}
+
+// The result of every successful command in protocol version 1.
+var emptyResult = json.RawMessage(`{}`)
+
+// protoConn is the protocol-mode state of a connection. The connection's
+// reader goroutine owns it, except batch, which is set before the
+// connection opens and only read afterwards (by the writer).
+type protoConn struct {
+	batch  bool                // join pending pushes into one frame
+	subs   map[string]struct{} // the channels subscribed to
+	bucket *rate.Limiter       // commands; nil = no limit
+	errs   errorWindow         // recent client errors
+}
+
+// serveProto is protocol mode: GET /ws[?echo=true][&batch=false].
+func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
+	echo, err := queryBool(r, "echo")
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		return
+	}
+	batch := true // absent or empty: the default
+	if r.URL.Query().Get("batch") != "" {
+		if batch, err = queryBool(r, "batch"); err != nil && isUpgrade(r) {
+			n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+			return
+		}
+	}
+	c := n.connect(w, r, modeProto)
+	if c == nil {
+		return
+	}
+	c.echo = echo
+	c.proto = &protoConn{
+		batch:  batch,
+		subs:   make(map[string]struct{}),
+		bucket: commandLimiter(n.cfg),
+		errs:   errorWindow{max: n.cfg.ProtoMaxErrors, window: n.cfg.ProtoErrorWindow},
+	}
+	if !n.accept(w, r, c, n.readProto) {
+		c.release()
+	}
+}
+
+// readProto runs the commands the client sends, one at a time and in
+// order, until the connection ends; then it leaves every channel.
+func (n *Node) readProto(c *conn) error {
+	p := c.proto
+	defer func() {
+		for ch := range p.subs {
+			n.hub.unsubscribe(ch, c)
+		}
+	}()
+	for {
+		typ, data, err := c.ws.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		c.stats.received.Inc()
+		c.stats.receivedBytes.Add(float64(len(data)))
+		now := time.Now()
+		allowed := p.bucket == nil || p.bucket.AllowN(now, 1) // every frame takes a token
+		var cmd protocol.Command
+		var perr *protocol.Error
+		if typ != websocket.MessageText {
+			perr = &protocol.Error{Code: protocol.CodeBadRequest,
+				Message: "binary frame: send each command as JSON in a text frame"}
+		} else if cmd, err = protocol.DecodeCommand(data); err != nil {
+			if !errors.As(err, &perr) {
+				perr = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
+			}
+		} else if !allowed {
+			perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
+				"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
+		} else {
+			perr = n.runCommand(c, cmd)
+		}
+		if perr == nil {
+			if cmd.ID != nil {
+				c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, emptyResult)))
+			}
+			continue
+		}
+		c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
+		if clientError(perr.Code) && p.errs.add(now) {
+			return errTooManyErrors
+		}
+	}
+}
+
+// runCommand runs a decoded command and returns its error reply, or nil.
+func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
+	p := c.proto
+	switch cmd.Cmd {
+	case protocol.CmdPing:
+		return nil
+	case protocol.CmdSubscribe:
+		if _, ok := p.subs[cmd.Channel]; ok {
+			return &protocol.Error{Code: protocol.CodeAlreadySubscribed,
+				Message: fmt.Sprintf("already subscribed to %q", cmd.Channel)}
+		}
+		if limit := n.cfg.ProtoMaxChannels; limit > 0 && len(p.subs) >= limit {
+			return &protocol.Error{Code: protocol.CodeLimitExceeded,
+				Message: fmt.Sprintf("at most %d channels per connection", limit)}
+		}
+		if err := n.hub.subscribe(n.ctx, cmd.Channel, c); err != nil {
+			return n.brokerError(c, "subscribe failed", cmd.Channel, err)
+		}
+		p.subs[cmd.Channel] = struct{}{}
+		return nil
+	case protocol.CmdUnsubscribe:
+		if _, ok := p.subs[cmd.Channel]; !ok {
+			return &protocol.Error{Code: protocol.CodeNotSubscribed,
+				Message: fmt.Sprintf("not subscribed to %q", cmd.Channel)}
+		}
+		delete(p.subs, cmd.Channel)
+		n.hub.unsubscribe(cmd.Channel, c)
+		return nil
+	case protocol.CmdPublish:
+		// cmd.Data aliases the frame ws.Read returned, a fresh buffer that
+		// nothing else uses: the broker may own it.
+		m := pubsub.Message{
+			Origin:  n.id,
+			Conn:    c.id,
+			Payload: cmd.Data,
+		}
+		if err := n.publish(cmd.Channel, m); err != nil {
+			return n.brokerError(c, "publish failed", cmd.Channel, err)
+		}
+		return nil
+	}
+	// DecodeCommand returns only the commands above.
+	n.log.Error("command without a handler", "conn", c.id, "cmd", cmd.Cmd)
+	return &protocol.Error{Code: protocol.CodeInternal, Message: "internal error"}
+}
+
+// brokerError is the error reply of a failed publish or subscribe. When
+// the broker cannot be reached or the node is shutting down, it is
+// unavailable: the client may retry, here or on another node; that is
+// logged at debug level only, since a Redis outage is the broker's to
+// report, not once per command of every client. Anything else is internal
+// and logged as an error.
+func (n *Node) brokerError(c *conn, msg, channel string, err error) *protocol.Error {
+	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
+		n.log.Debug(msg, "conn", c.id, "channel", channel, "err", err)
+		return &protocol.Error{Code: protocol.CodeUnavailable, Message: "the broker is unavailable, try again later"}
+	}
+	n.log.Error(msg, "conn", c.id, "channel", channel, "err", err)
+	return &protocol.Error{Code: protocol.CodeInternal, Message: "internal error"}
+}
+
+// clientError reports whether an error with code is the client's doing;
+// those count towards closing the connection.
+func clientError(code protocol.Code) bool {
+	return code != protocol.CodeUnavailable && code != protocol.CodeInternal
+}
+
+// newPushFrame is the protocol-mode form of m on channel, built once per
+// message per node and shared by its protocol-mode subscribers.
+func newPushFrame(channel string, m pubsub.Message) *frame {
+	binary := m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload))
+	buf := make([]byte, 0, protocol.PushSize(channel, m.Payload, binary))
+	return newFrame(websocket.MessageText, protocol.AppendPush(buf, channel, m.Payload, binary))
+}
+
+// next returns the header and payload of the next frame to write of batch
+// and how many frames of batch it consumes. A protocol-mode connection that
+// batches joins consecutive text frames into one message, separated by
+// "\n", up to maxJoinBytes: several pending pushes (and replies) cost one
+// frame. Every protocol-mode message is one line of compact JSON, so the
+// client splits on "\n". Joined frames live in w until the batch is written.
+func (w *writev) next(c *conn, batch []*frame) (hdr, data []byte, n int) {
+	f := batch[0]
+	if c.proto == nil || !c.proto.batch || f.typ != websocket.MessageText {
+		return f.hdr, f.data, 1
+	}
+	size, k := len(f.data), 1
+	for ; k < len(batch); k++ {
+		g := batch[k]
+		if g.typ != websocket.MessageText || size+1+len(g.data) > maxJoinBytes {
+			break
+		}
+		size += 1 + len(g.data)
+	}
+	if k == 1 {
+		return f.hdr, f.data, 1
+	}
+	// Earlier joins keep pointing into the old array if these grow.
+	start := len(w.joins)
+	w.joins = append(w.joins, f.data...)
+	for _, g := range batch[1:k] {
+		w.joins = append(w.joins, '\n')
+		w.joins = append(w.joins, g.data...)
+	}
+	data = w.joins[start:]
+	h := len(w.hdrs)
+	w.hdrs = appendFrameHeader(w.hdrs, websocket.MessageText, len(data))
+	return w.hdrs[h:], data, k
+}
+
+// commandLimiter is the token bucket of one connection's commands, nil
+// when they are not limited.
+func commandLimiter(cfg Config) *rate.Limiter {
+	if cfg.ProtoCommandRate <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(cfg.ProtoCommandRate), cfg.ProtoCommandBurst)
+}
+
+// errorWindow counts client errors: add reports whether max of them fell
+// within window. A zero max never does.
+type errorWindow struct {
+	max    int
+	window time.Duration
+	times  []time.Time // the last max errors, oldest first
+}
+
+func (w *errorWindow) add(now time.Time) bool {
+	if w.max <= 0 {
+		return false
+	}
+	if len(w.times) == w.max {
+		copy(w.times, w.times[1:])
+		w.times = w.times[:w.max-1]
+	}
+	w.times = append(w.times, now)
+	return len(w.times) == w.max && now.Sub(w.times[0]) < w.window
+}
