@@ -5,7 +5,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 # Short fuzz passes run by make test (per target).
 FUZZTIME    ?= 10s
 
-.PHONY: all build run test deps lint unit fuzz benchsmoke bench clean
+.PHONY: all build run test deps lint unit fuzz benchsmoke deploy-check compose-e2e bench clean
 
 all: build
 
@@ -17,7 +17,7 @@ run:
 
 # Installs missing packages (as root), lints, runs the whole suite under the
 # race detector, then short fuzz passes.
-test: deps lint unit fuzz benchsmoke
+test: deps lint unit fuzz benchsmoke deploy-check compose-e2e
 
 deps:
 	@internal/testenv/deps.sh
@@ -29,6 +29,22 @@ lint:
 
 unit:
 	$(GO) test -race -count=1 -shuffle=on -timeout 12m ./...
+
+# The deployment files: kustomize renders of k8s/ strict-decoded into
+# k8s.io/api types, docker-compose.yml validated by compose-go. A Go module
+# of its own (internal/deploytest), so the service's go.mod stays small;
+# -count=1 because the test cache does not see edits to the YAML files.
+deploy-check:
+	cd internal/deploytest && $(GO) vet ./... && $(GO) vet -tags compose ./... && $(STATICCHECK) -tags compose ./...
+	cd internal/deploytest && $(GO) test -count=1 ./...
+
+# The real Dockerfile and docker-compose.yml, run for real with locally
+# built stand-ins of the upstream images (no registry is needed): three
+# nodes behind nginx, a node and Redis stopped and started. Installs Docker,
+# docker-compose and debootstrap when missing (as root).
+compose-e2e:
+	internal/deploytest/prepare.sh
+	cd internal/deploytest && $(GO) test -tags compose -count=1 -run TestComposeE2E -timeout 20m -v ./...
 
 # Every Go benchmark once, so that none rots between `make bench` runs.
 benchsmoke:

@@ -108,11 +108,38 @@ NAME	DEFAULT	MEANING
 {{range .}}{{usage_key .}}	{{usage_default .}}	{{usage_description .}}
 {{end}}`
 
+// checkUnknown fails on a RELAY_ variable the configuration does not have,
+// a typo that would otherwise be ignored. Kubernetes' service links for a
+// Service named relay (RELAY_PORT, RELAY_SERVICE_HOST, …) are not ours and
+// are let through.
+func checkUnknown(environ []string) error {
+	var keys strings.Builder
+	envconfig.Usagef(prefix, &config{}, &keys, "{{range .}}{{usage_key .}}\n{{end}}")
+	known := make(map[string]bool)
+	for _, k := range strings.Fields(keys.String()) {
+		known[k] = true
+	}
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, prefix+"_") || known[k] || isServiceLink(k) {
+			continue
+		}
+		return fmt.Errorf("unknown environment variable %s (see relay --help)", k)
+	}
+	return nil
+}
+
+// isServiceLink reports whether k is one of the variables Kubernetes sets
+// for a Service named relay.
+func isServiceLink(k string) bool {
+	return k == "RELAY_PORT" || strings.HasPrefix(k, "RELAY_PORT_") || strings.HasPrefix(k, "RELAY_SERVICE_")
+}
+
 // loadConfig reads and validates the configuration.
 func loadConfig() (config, error) {
 	var cfg config
-	if err := envconfig.CheckDisallowed(prefix, &cfg); err != nil {
-		return cfg, fmt.Errorf("%w (see relay --help)", err)
+	if err := checkUnknown(os.Environ()); err != nil {
+		return cfg, err
 	}
 	if err := envconfig.Process(prefix, &cfg); err != nil {
 		return cfg, err

@@ -125,6 +125,23 @@ func TestInvalidConfig(t *testing.T) {
 	}
 }
 
+func TestUnknownVariables(t *testing.T) {
+	tests := []struct {
+		env []string
+		ok  bool
+	}{
+		{[]string{"RELAY_ADDR=:1", "HOME=/"}, true},
+		{[]string{"RELAY_ADRR=:1"}, false},
+		{[]string{"RELAY_PORT=tcp://10.0.0.1:8080", "RELAY_PORT_8080_TCP_ADDR=10.0.0.1", "RELAY_SERVICE_HOST=10.0.0.1", "RELAY_SERVICE_PORT=8080"}, true},
+		{[]string{"RELAY_PORTS=1"}, false},
+	}
+	for _, tt := range tests {
+		if err := checkUnknown(tt.env); (err == nil) != tt.ok {
+			t.Errorf("checkUnknown(%q) = %v, want ok=%v", tt.env, err, tt.ok)
+		}
+	}
+}
+
 func TestHelp(t *testing.T) {
 	var out bytes.Buffer
 	if code := run([]string{"--help"}, &out, &out); code != 0 {
