@@ -117,7 +117,7 @@ type conn struct {
 
 	ws      *websocket.Conn
 	nc      *wsConn
-	stats   modeMetrics
+	stats   *modeMetrics // shared by the connections of a mode
 	release func() // gives back the connection slot
 	pinger  *time.Timer
 

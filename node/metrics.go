@@ -34,7 +34,7 @@ type metrics struct {
 	slowConsumers   prometheus.Counter
 
 	closedByCode sync.Map // websocket.StatusCode -> prometheus.Counter
-	byMode       map[mode]modeMetrics
+	byMode       map[mode]*modeMetrics
 }
 
 // brokerStats is implemented by brokers that count their work (Redis).
@@ -56,7 +56,7 @@ var modes = []mode{modeRaw, modeEcho, modeProto}
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &metrics{reg: reg, byMode: make(map[mode]modeMetrics)}
+	m := &metrics{reg: reg, byMode: make(map[mode]*modeMetrics)}
 	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "relay_connections", Help: "Open WebSocket connections, by mode."}, []string{"mode"})
 	m.opened = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_connections_opened_total", Help: "WebSocket connections accepted, by mode."}, []string{"mode"})
 	m.closed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_connections_closed_total", Help: "WebSocket connections closed, by close code (1006: ended without a close frame)."}, []string{"code"})
@@ -126,7 +126,7 @@ func newMetrics(n *Node) *metrics {
 	}
 	for _, md := range modes {
 		l := string(md)
-		m.byMode[md] = modeMetrics{
+		m.byMode[md] = &modeMetrics{
 			connections:   m.connections.WithLabelValues(l),
 			opened:        m.opened.WithLabelValues(l),
 			received:      m.received.WithLabelValues(l),
