@@ -118,7 +118,7 @@ type conn struct {
 	ws      *websocket.Conn
 	nc      *wsConn
 	stats   *modeMetrics // shared by the connections of a mode
-	release func() // gives back the connection slot
+	release func()       // gives back the connection slot
 	pinger  *time.Timer
 
 	// proto is protocol mode's state; nil in other modes.
@@ -129,8 +129,11 @@ type conn struct {
 	spare   []*frame // the previous batch's array, reused
 	queued  int      // bytes in queue
 	writing bool     // a writer runs, or the connection is not open yet
-	cause   error    // why the connection closes; set once
-	writers sync.WaitGroup
+	// lastWrite is when the last batch went out; only the writer, one at a
+	// time, uses it.
+	lastWrite time.Time
+	cause     error // why the connection closes; set once
+	writers   sync.WaitGroup
 }
 
 // enqueue puts f in the outbound queue, starting the writer if none runs.
@@ -190,12 +193,18 @@ func (c *conn) closeLocked(cause error) {
 }
 
 // writeLoop sends the queue in batches, each batch with one write to the
-// socket and at least WriteDelay apart, until the queue is empty; then it
-// exits. When a close is due it sends (or drops) what is queued, closes the
-// WebSocket and exits.
+// socket, until the queue is empty; then it exits. A batch goes out at once
+// when the previous write is WriteDelay old, else when it becomes so: what
+// arrives meanwhile shares the write. So a client that gets a message now
+// and then gets it at once, and a busy one gets at most one write per
+// WriteDelay. When a close is due the writer sends (or drops) what is
+// queued, closes the WebSocket and exits.
 func (c *conn) writeLoop() {
 	defer c.writers.Done()
 	for {
+		if wait := c.n.cfg.WriteDelay - time.Since(c.lastWrite); wait > 0 {
+			time.Sleep(wait)
+		}
 		c.mu.Lock()
 		batch, cause := c.queue, c.cause
 		var ce *closeError
@@ -219,14 +228,11 @@ func (c *conn) writeLoop() {
 				c.ws.CloseNow()
 				return
 			}
+			c.lastWrite = time.Now()
 			clear(batch) // let the frames go
 			c.mu.Lock()
 			c.spare = batch[:0]
 			c.mu.Unlock()
-			if d := c.n.cfg.WriteDelay; d > 0 {
-				// Let what arrives meanwhile share the next write.
-				time.Sleep(d)
-			}
 			continue
 		}
 		if ce != nil && ce.code != websocket.StatusAbnormalClosure {
