@@ -73,6 +73,12 @@ type Config struct {
 	// connection with 1008.
 	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many client errors (bad or refused commands) within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
 	ProtoErrorWindow time.Duration `envconfig:"PROTO_ERROR_WINDOW" default:"10s" desc:"protocol mode: the window of RELAY_PROTO_MAX_ERRORS"`
+
+	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
+	// a request sends one as Authorization: Bearer <key> or X-API-Key. More
+	// than one lets operators rotate keys. None means the API is off: its
+	// endpoints answer 404.
+	APIKeys Secrets `envconfig:"API_KEY" desc:"comma-separated keys for the HTTP API (POST /api/publish), sent as Authorization: Bearer <key> or X-API-Key; empty = the HTTP API is off (404)"`
 }
 
 // Validate reports the first invalid field, naming its variable.
@@ -138,6 +144,12 @@ func (c *Config) Validate() error {
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {
 			errs = append(errs, errors.New("RELAY_AUTH_TOKENS: a token is empty or has spaces"))
+			break
+		}
+	}
+	for _, k := range c.APIKeys {
+		if k == "" || strings.ContainsAny(k, " \t\r\n,") {
+			errs = append(errs, errors.New("RELAY_API_KEY: a key is empty or has spaces"))
 			break
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"testing"
@@ -44,6 +45,23 @@ func Config() node.Config {
 // broker, against the Redis at redisURL. The brokers close after the nodes.
 func Cluster(t testing.TB, redisURL string, n int) []*Server {
 	t.Helper()
+	return ClusterWith(t, redisURL, n, Options{})
+}
+
+// Options change the nodes ClusterWith starts; the zero value starts what
+// Cluster does.
+type Options struct {
+	// Config, when set, changes each node's configuration (Config with
+	// NodeID set) before the node starts.
+	Config func(*node.Config)
+	// Log, when set, is the logger of every node; otherwise nodes log
+	// nothing.
+	Log *slog.Logger
+}
+
+// ClusterWith is Cluster with options.
+func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
+	t.Helper()
 	var nodes []*Server
 	for i := range n {
 		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
@@ -53,7 +71,10 @@ func Cluster(t testing.TB, redisURL string, n int) []*Server {
 		t.Cleanup(func() { b.Close() }) // registered first, so it runs after the node's
 		cfg := Config()
 		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
-		nodes = append(nodes, Start(t, cfg, b))
+		if o.Config != nil {
+			o.Config(&cfg)
+		}
+		nodes = append(nodes, StartWith(t, cfg, b, o.Log))
 	}
 	return nodes
 }
@@ -71,7 +92,13 @@ type Server struct {
 // node is shut down and Start waits for its goroutines.
 func Start(t testing.TB, cfg node.Config, b pubsub.Broker) *Server {
 	t.Helper()
-	n, err := node.New(cfg, b, nil)
+	return StartWith(t, cfg, b, nil)
+}
+
+// StartWith is Start with log as the node's logger (nil: no logs).
+func StartWith(t testing.TB, cfg node.Config, b pubsub.Broker, log *slog.Logger) *Server {
+	t.Helper()
+	n, err := node.New(cfg, b, log)
 	if err != nil {
 		t.Fatalf("node.New: %v", err)
 	}
