@@ -258,7 +258,7 @@ func (c *conn) writeBatch(batch []*frame) error {
 		w.bufs = append(w.bufs, hdr, data)
 		bytes += len(data)
 	}
-	if err := c.nc.writeBuffers(w.bufs, time.Now().Add(c.n.cfg.WriteTimeout)); err != nil {
+	if err := c.nc.writeBuffers(w.bufs); err != nil {
 		return err
 	}
 	c.stats.sent.Add(float64(len(batch)))

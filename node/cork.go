@@ -26,31 +26,47 @@ const (
 // every frame whole and the two in order.
 type wsConn struct {
 	net.Conn
-	mu sync.Mutex
+	timeout time.Duration // bound on one write
+
+	mu       sync.Mutex
+	deadline time.Time // the write deadline set on Conn
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.refreshDeadline()
 	return c.Conn.Write(p)
 }
 
-// writeBuffers writes bufs with one writev (a few past 1,024 buffers),
-// failing if it is not done by deadline.
-func (c *wsConn) writeBuffers(bufs net.Buffers, deadline time.Time) error {
+// writeBuffers writes bufs with one writev (a few past 1,024 buffers).
+func (c *wsConn) writeBuffers(bufs net.Buffers) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.Conn.SetWriteDeadline(deadline)
+	c.refreshDeadline()
 	_, err := bufs.WriteTo(c.Conn)
-	c.Conn.SetWriteDeadline(time.Time{})
 	return err
+}
+
+// refreshDeadline keeps the write deadline between half a timeout and a
+// timeout ahead: a write that blocks fails within the timeout, and the
+// deadline (a timer operation) is moved once per half timeout, not twice
+// per write. The lock is held.
+func (c *wsConn) refreshDeadline() {
+	now := time.Now()
+	if c.deadline.Sub(now) > c.timeout/2 {
+		return
+	}
+	c.deadline = now.Add(c.timeout)
+	c.Conn.SetWriteDeadline(c.deadline)
 }
 
 // hijackWriter wraps the ResponseWriter given to websocket.Accept so that
 // the hijacked connection is a wsConn with small buffers.
 type hijackWriter struct {
 	http.ResponseWriter
-	nc *wsConn
+	timeout time.Duration // write timeout
+	nc      *wsConn
 }
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -58,7 +74,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.nc = &wsConn{Conn: nc}
+	w.nc = &wsConn{Conn: nc, timeout: w.timeout}
 	r := brw.Reader
 	if r.Buffered() == 0 {
 		// Nothing read ahead: net/http's 4 KiB reader can go.

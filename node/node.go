@@ -288,7 +288,7 @@ func (n *Node) newConn(r *http.Request, m mode) *conn {
 // On failure, accept has answered the request.
 func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func(*conn) error) bool {
 	w.Header().Set("X-Relay-Node", n.id)
-	hw := &hijackWriter{ResponseWriter: w}
+	hw := &hijackWriter{ResponseWriter: w, timeout: n.cfg.WriteTimeout}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{OriginPatterns: n.cfg.Origins})
 	if err != nil {
 		n.log.Debug("upgrade refused", "remote", r.RemoteAddr, "err", err)
