@@ -2,7 +2,6 @@ package deploytest
 
 import (
 	"context"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -41,10 +40,13 @@ var (
 	relayVarsFrom string
 )
 
+// relayVarsMissing lists the contractVars that relay --help lacks.
+var relayVarsMissing []string
+
 // relayVars returns the RELAY_ variables the deployment files may set:
-// those that `go run ./cmd/relay --help` prints, plus contractVars, the
-// ones the design promises (logged while the binary lacks them: the node
-// refuses to start with a RELAY_ variable it does not know).
+// those that `go run ./cmd/relay --help` prints. It fails t when the binary
+// lacks one of contractVars, the ones the design promises: the node refuses
+// to start with a RELAY_ variable it does not know.
 func relayVars(t *testing.T) []string {
 	t.Helper()
 	relayVarsOnce.Do(func() {
@@ -68,10 +70,11 @@ func relayVars(t *testing.T) []string {
 		all := append(found, contractVars...)
 		slices.Sort(all)
 		relayVarsList, relayVarsFrom = slices.Compact(all), "relay --help and the design"
-		if len(missing) > 0 {
-			relayVarsFrom += fmt.Sprintf(" (relay --help lacks %v: a node started with them set fails)", missing)
-		}
+		relayVarsMissing = missing
 	})
+	if len(relayVarsMissing) > 0 {
+		t.Fatalf("relay --help lacks %v: a node started with them set would refuse to start", relayVarsMissing)
+	}
 	t.Logf("RELAY_ variables from %s: %v", relayVarsFrom, relayVarsList)
 	return relayVarsList
 }
