@@ -43,10 +43,11 @@ func benchBroadcast(b *testing.B, n int, delay time.Duration) {
 	addr := strings.TrimPrefix(s.URL, "http://")
 
 	var delivered atomic.Int64
+	progress := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	for range n {
 		nc := handshake(b, addr, "/ws/bench")
-		wg.Go(func() { countFrames(bufio.NewReaderSize(nc, 32<<10), &delivered) })
+		wg.Go(func() { countFrames(bufio.NewReaderSize(nc, 32<<10), &delivered, progress) })
 		b.Cleanup(func() { nc.Close() })
 	}
 	m := pubsub.Message{Origin: "elsewhere", Payload: make([]byte, 128)}
@@ -59,14 +60,10 @@ func benchBroadcast(b *testing.B, n int, delay time.Duration) {
 	for b.Loop() {
 		broker.Publish(context.Background(), "bench", m)
 		if sent++; sent%burst == 0 {
-			for delivered.Load() < int64((sent-burst)*n) {
-				time.Sleep(50 * time.Microsecond) // pacing the load, not synchronising a test
-			}
+			awaitDelivered(b, &delivered, progress, int64((sent-burst)*n))
 		}
 	}
-	for delivered.Load() < int64(sent*n) {
-		time.Sleep(50 * time.Microsecond)
-	}
+	awaitDelivered(b, &delivered, progress, int64(sent*n))
 	b.StopTimer()
 	d := float64(sent * n)
 	b.ReportMetric(d/b.Elapsed().Seconds(), "deliveries/s")
@@ -74,8 +71,20 @@ func benchBroadcast(b *testing.B, n int, delay time.Duration) {
 	b.ReportMetric(0, "ns/op")
 }
 
-// countFrames reads unmasked server frames and counts them until EOF.
-func countFrames(r *bufio.Reader, count *atomic.Int64) {
+// awaitDelivered waits until count reaches want.
+func awaitDelivered(b *testing.B, count *atomic.Int64, progress <-chan struct{}, want int64) {
+	for count.Load() < want {
+		select {
+		case <-progress:
+		case <-time.After(nodetest.Timeout):
+			b.Fatalf("delivered %d of %d", count.Load(), want)
+		}
+	}
+}
+
+// countFrames reads unmasked server frames and counts them until EOF,
+// signalling progress.
+func countFrames(r *bufio.Reader, count *atomic.Int64, progress chan<- struct{}) {
 	var hdr [8]byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:2]); err != nil {
@@ -96,6 +105,10 @@ func countFrames(r *bufio.Reader, count *atomic.Int64) {
 		}
 		if data {
 			count.Add(1)
+			select {
+			case progress <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
