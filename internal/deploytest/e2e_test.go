@@ -135,7 +135,7 @@ func TestComposeE2E(t *testing.T) {
 			c := stack.dial(t, ctx, channel)
 			pool.add(c)
 			if c.node != "relay-2" {
-				time.Sleep(250 * time.Millisecond) // poll interval, not synchronisation
+				pollPause(ctx, 250*time.Millisecond)
 			}
 		}
 		t.Logf("clients per node: %v", pool.perNode())
@@ -380,9 +380,20 @@ func (st *stack) awaitHealthy(t *testing.T, ctx context.Context, service string)
 		if status == "running healthy" {
 			return
 		}
-		time.Sleep(500 * time.Millisecond) // poll interval
+		pollPause(ctx, 500*time.Millisecond)
 	}
 	t.Fatalf("%s not healthy within 90 s: %s", service, status)
+}
+
+// pollPause waits d between two polls of state that no event announces
+// (container health, nginx's view of a node), or until ctx ends.
+func pollPause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 func (st *stack) url(scheme, path string) string {
@@ -440,7 +451,7 @@ func (st *stack) awaitReady(t *testing.T, ctx context.Context, want, n int) {
 			delete(seen, r.Node)
 		}
 		row = 0
-		time.Sleep(250 * time.Millisecond) // poll interval
+		pollPause(ctx, 250*time.Millisecond)
 	}
 	t.Fatalf("GET /readyz through the load balancer: last %d %s; nodes that answered %d: %v; want all of %v within 60 s",
 		got, body, want, slices.Sorted(maps.Keys(seen)), relayServices)
