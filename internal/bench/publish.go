@@ -28,6 +28,7 @@ type publisher struct {
 	streams []*stream
 	conn    *conn // protocol mode: the one connection for all streams
 	rate    float64
+	phase   time.Duration // when the first message goes, after the start
 
 	// Protocol mode: outstanding publishes by command id.
 	mu      sync.Mutex
@@ -62,12 +63,23 @@ func (p *publisher) tick(least time.Duration) time.Duration {
 
 // run publishes until the window ends or stop is closed.
 func (p *publisher) run(r *runner, stop <-chan struct{}) {
+	end := time.NewTimer(time.Duration(r.win.end.Load() - r.clk.now()))
+	defer end.Stop()
+	if p.phase > 0 {
+		first := time.NewTimer(p.phase)
+		select {
+		case <-stop:
+			first.Stop()
+			return
+		case <-end.C:
+			first.Stop()
+			return
+		case <-first.C:
+		}
+	}
 	t := time.NewTicker(p.tick(r.cfg.Tick))
 	defer t.Stop()
 	start := r.clk.now()
-	// Wake at the end of the window too, not only at the next tick.
-	end := time.NewTimer(time.Duration(r.win.end.Load() - start))
-	defer end.Stop()
 	buf := make([]byte, 0, r.cfg.Size+256)
 	for {
 		now := r.clk.now()

@@ -190,6 +190,13 @@ func (r *runner) openPublishers(ctx context.Context) (int, error) {
 	pubs := make([]*publisher, cfg.Publishers)
 	for p := range pubs {
 		pubs[p] = &publisher{idx: p, rate: perStream}
+		if perStream > 0 {
+			// Spread the publishers' phases over one message interval, so that
+			// the total rate arrives evenly rather than in synchronised bursts
+			// (20 publishers at 0.5 msg/s would otherwise all send at once
+			// every 2 s).
+			pubs[p].phase = time.Duration(float64(p) / float64(cfg.Publishers) / perStream * float64(time.Second))
+		}
 		if cfg.Mode == Protocol {
 			pubs[p].ring = make([]pending, ringSize)
 		}
