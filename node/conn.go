@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -120,6 +122,10 @@ type conn struct {
 	stats   *modeMetrics // shared by the connections of a mode
 	release func()       // gives back the connection slot
 	pinger  *time.Timer
+	// pingSent is when the ping that is out was sent (Unix ns), 0 for none;
+	// only the pinger's timer callback uses it. lastPong is the last pong.
+	pingSent int64
+	lastPong atomic.Int64
 
 	// proto is protocol mode's state; nil in other modes.
 	proto *protoConn
@@ -296,24 +302,44 @@ func (c *conn) read() (websocket.MessageType, []byte, error) {
 	return typ, data, err
 }
 
-// startPings pings the client every PingInterval; a client that does not
-// answer within PongTimeout is disconnected. The timer's goroutine exists
-// only while a ping is out.
+// startPings pings the client every PingInterval, the first time at a
+// random point of the first interval so that the connections of a storm do
+// not all ping at once; a client that does not answer within PongTimeout is
+// disconnected. No goroutine waits for the pong: the timer sends a ping,
+// then fires again after PongTimeout to check lastPong.
 func (c *conn) startPings() {
-	c.pinger = time.AfterFunc(c.n.cfg.PingInterval, c.ping)
+	iv := c.n.cfg.PingInterval
+	c.pinger = time.AfterFunc(iv/2+time.Duration(mrand.Int64N(int64(iv/2)+1)), c.onPingTimer)
 }
 
 func (c *conn) stopPings() { c.pinger.Stop() }
 
-func (c *conn) ping() {
-	ctx, cancel := context.WithTimeout(context.Background(), c.n.cfg.PongTimeout)
-	defer cancel()
-	if err := c.ws.Ping(ctx); err != nil {
+// pingFrame is a ping control frame with no payload.
+var pingFrame = []byte{0x89, 0x00}
+
+// onPingTimer runs on the timer's goroutine; calls never overlap (each
+// re-arms the timer last), so pingSent needs no lock.
+func (c *conn) onPingTimer() {
+	if c.pingSent != 0 {
+		if c.lastPong.Load() < c.pingSent {
+			c.close(errPongTimeout)
+			return
+		}
+		c.pingSent = 0
+		c.pinger.Reset(max(c.n.cfg.PingInterval-c.n.cfg.PongTimeout, c.n.cfg.PingInterval/2))
+		return
+	}
+	c.pingSent = time.Now().UnixNano()
+	if _, err := c.nc.Write(pingFrame); err != nil {
 		c.close(errPongTimeout)
 		return
 	}
-	c.pinger.Reset(c.n.cfg.PingInterval)
+	c.pinger.Reset(c.n.cfg.PongTimeout)
 }
+
+// pong records a pong from the client; coder/websocket calls it from the
+// reader.
+func (c *conn) pong(context.Context, []byte) { c.lastPong.Store(time.Now().UnixNano()) }
 
 // closeCode is the close code of a connection that ended with err: the
 // server's own cause, or what the peer sent.
