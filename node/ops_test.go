@@ -96,6 +96,9 @@ func dialStatus(t *testing.T, url string) int {
 	if resp == nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
+	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
+		t.Errorf("dial %s: 503 without Retry-After", url)
+	}
 	var body struct{ Code, Message string }
 	if err := jsonDecode(resp, &body); err != nil || body.Code == "" || body.Message == "" {
 		t.Errorf("dial %s: HTTP %d without a JSON error body (%v)", url, resp.StatusCode, err)

@@ -233,3 +233,19 @@ func dialSmallBuffer(t *testing.T, url string) *websocket.Conn {
 	t.Cleanup(func() { c.CloseNow() })
 	return c
 }
+
+// TestSecondSignal: a second signal during the drain exits at once with
+// status 1, without waiting for the drain.
+func TestSecondSignal(t *testing.T) {
+	n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_DRAIN_SECONDS=600")
+	// Clients keep the drain busy: their closes are spread over 450 s.
+	for range 50 {
+		nodetest.Dial(t, "ws://"+n.Addr+"/ws/busy", nil)
+	}
+	n.Signal(t, syscall.SIGTERM)
+	n.WaitLog(t, 10*time.Second, func(l map[string]any) bool { return l["msg"] == "draining" })
+	n.Signal(t, syscall.SIGTERM)
+	if code := n.Wait(t, 30*time.Second); code != 1 {
+		t.Errorf("relay exited %d after a second signal, want 1", code)
+	}
+}
