@@ -104,10 +104,12 @@ const modeProto mode = "proto"
 
 // conn is one client connection.
 //
-// Goroutines: one reader (readLoop) for the connection's life, and a writer
-// (writeLoop) that runs only while the queue is not empty or a close is due;
-// so an idle connection costs one goroutine. Only the writer writes data
-// frames and closes the WebSocket.
+// Goroutines: one reader (readLoop) for the connection's life. Data frames
+// are written by the connection's flusher (flush.go) in its sweeps; the
+// connection's own writer (writeLoop) runs only while its socket is too
+// slow for a sweep, or to close the connection. So an idle connection costs
+// one goroutine. Only the flusher and the own writer write data frames, and
+// only the own writer closes the WebSocket.
 type conn struct {
 	n       *Node
 	id      uint64
@@ -119,6 +121,7 @@ type conn struct {
 
 	ws      *websocket.Conn
 	nc      *wsConn
+	flusher *flusher
 	stats   *modeMetrics // shared by the connections of a mode
 	release func()       // gives back the connection slot
 	pinger  *time.Timer
@@ -130,19 +133,30 @@ type conn struct {
 	// proto is protocol mode's state; nil in other modes.
 	proto *protoConn
 
-	mu      sync.Mutex
-	queue   []*frame
-	spare   []*frame // the previous batch's array, reused
-	queued  int      // bytes in queue
-	writing bool     // a writer runs, or the connection is not open yet
-	// lastWrite is when the last batch went out; only the writer, one at a
-	// time, uses it.
+	mu     sync.Mutex
+	queue  []*frame
+	spare  []*frame // the previous batch's array, reused
+	queued int      // bytes in queue
+	state  writerState
+	// lastWrite is when the own writer's last batch went out; only the own
+	// writer, one at a time, uses it.
 	lastWrite time.Time
-	cause     error // why the connection closes; set once
-	writers   sync.WaitGroup
+	cause     error          // why the connection closes; set once
+	writers   sync.WaitGroup // the own writer and a flusher's write
 }
 
-// enqueue puts f in the outbound queue, starting the writer if none runs.
+// writerState is who writes a connection's queue.
+type writerState uint8
+
+const (
+	writerOpening  writerState = iota // the upgrade is not done: frames wait
+	writerIdle                        // nothing is queued
+	writerQueued                      // in the flusher's next sweep
+	writerFlushing                    // the flusher is writing a batch
+	writerOwn                         // the connection's own writer runs
+)
+
+// enqueue puts f in the outbound queue, scheduling a write if none is due.
 // It never blocks: a full queue closes the connection as a slow consumer.
 func (c *conn) enqueue(f *frame) {
 	c.mu.Lock()
@@ -158,7 +172,10 @@ func (c *conn) enqueue(f *frame) {
 	}
 	c.queue = append(c.queue, f)
 	c.queued += len(f.data)
-	c.startWriterLocked()
+	if c.state == writerIdle {
+		c.state = writerQueued
+		c.flusher.add(c)
+	}
 	c.mu.Unlock()
 }
 
@@ -166,20 +183,23 @@ func (c *conn) enqueue(f *frame) {
 // while the upgrade completed.
 func (c *conn) open() {
 	c.mu.Lock()
-	c.writing = false
-	if len(c.queue) > 0 || c.cause != nil {
-		c.startWriterLocked()
+	c.state = writerIdle
+	switch {
+	case c.cause != nil:
+		c.startOwnLocked(nil, false)
+	case len(c.queue) > 0:
+		c.state = writerQueued
+		c.flusher.add(c)
 	}
 	c.mu.Unlock()
 }
 
-func (c *conn) startWriterLocked() {
-	if c.writing {
-		return
-	}
-	c.writing = true
+// startOwnLocked starts the connection's own writer; pending is a batch it
+// writes first, with the socket's lock already held if locked.
+func (c *conn) startOwnLocked(pending *writev, locked bool) {
+	c.state = writerOwn
 	c.writers.Add(1)
-	go c.writeLoop()
+	go c.writeLoop(pending, locked)
 }
 
 // close asks the writer to close the connection for cause. Only the first
@@ -195,18 +215,92 @@ func (c *conn) closeLocked(cause error) {
 		return
 	}
 	c.cause = cause
-	c.startWriterLocked()
+	switch c.state {
+	case writerIdle, writerQueued:
+		// A queued connection stays in the sweep, which skips it.
+		c.startOwnLocked(nil, false)
+	}
+	// Opening: open starts the writer. Flushing: the flusher does when
+	// its write is done. Own: it runs.
 }
 
-// writeLoop sends the queue in batches, each batch with one write to the
-// socket, until the queue is empty; then it exits. A batch goes out at once
-// when the previous write is WriteDelay old, else when it becomes so: what
-// arrives meanwhile shares the write. So a client that gets a message now
-// and then gets it at once, and a busy one gets at most one write per
-// WriteDelay. When a close is due the writer sends (or drops) what is
-// queued, closes the WebSocket and exits.
-func (c *conn) writeLoop() {
+// takeLocked empties the queue and returns what was in it.
+func (c *conn) takeLocked() []*frame {
+	batch := c.queue
+	c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+	return batch
+}
+
+// flush writes the queue as one batch without blocking, with w as scratch
+// space; the connection's flusher calls it in a sweep. A batch the socket
+// cannot take whole goes to the own writer, with w: flush reports whether
+// it kept w. A close goes to the own writer too.
+func (c *conn) flush(w *writev) (kept bool) {
+	c.mu.Lock()
+	if c.state != writerQueued {
+		c.mu.Unlock()
+		return true
+	}
+	batch := c.takeLocked()
+	c.state = writerFlushing
+	c.writers.Add(1) // the connection ends after this write
+	c.mu.Unlock()
 	defer c.writers.Done()
+
+	c.buildBatch(w, batch)
+	done, locked, err := c.nc.tryWriteBuffers(w)
+	if done {
+		c.countSent(w)
+	}
+	clear(batch) // let the frames go; w holds what is still to write
+	c.mu.Lock()
+	c.spare = batch[:0]
+	switch {
+	case err != nil:
+		c.closeLocked(errWriteTimeout)
+		c.state = writerIdle // nothing more is queued once a cause is set
+		c.mu.Unlock()
+		w.reset()
+		c.ws.CloseNow()
+		return true
+	case !done:
+		c.startOwnLocked(w, locked)
+		c.mu.Unlock()
+		return false
+	case c.cause != nil:
+		c.startOwnLocked(nil, false)
+	case len(c.queue) > 0:
+		c.state = writerQueued
+		c.flusher.add(c)
+	default:
+		c.state = writerIdle
+	}
+	c.mu.Unlock()
+	w.reset()
+	return true
+}
+
+// writeLoop is the connection's own writer: it writes pending (the rest of
+// a batch a sweep could not finish) and then the queue in batches, each
+// with one blocking write within the write timeout, until the queue is
+// empty; then it hands the connection back to the flusher and exits. A
+// batch goes out when the previous write is WriteDelay old. When a close is
+// due it sends (or drops) what is queued, closes the WebSocket and exits.
+func (c *conn) writeLoop(pending *writev, locked bool) {
+	defer c.writers.Done()
+	if pending != nil {
+		err := c.nc.writeBuffers(pending.bufs, locked)
+		if err == nil {
+			c.countSent(pending)
+		}
+		pending.release()
+		if err != nil {
+			c.close(errWriteTimeout)
+			c.ws.CloseNow()
+			return
+		}
+		c.lastWrite = time.Now()
+	}
 	for {
 		if wait := c.n.cfg.WriteDelay - time.Since(c.lastWrite); wait > 0 {
 			time.Sleep(wait)
@@ -221,15 +315,22 @@ func (c *conn) writeLoop() {
 			batch = nil
 		}
 		if len(batch) == 0 && cause == nil {
-			c.writing = false
+			c.state = writerIdle
 			c.mu.Unlock()
 			return
 		}
-		c.queue, c.spare, c.queued = c.spare[:0], nil, 0
+		c.takeLocked()
 		c.mu.Unlock()
 
 		if len(batch) > 0 {
-			if err := c.writeBatch(batch); err != nil {
+			w := writevPool.Get().(*writev)
+			c.buildBatch(w, batch)
+			err := c.nc.writeBuffers(w.bufs, false)
+			if err == nil {
+				c.countSent(w)
+			}
+			w.release()
+			if err != nil {
 				c.close(errWriteTimeout)
 				c.ws.CloseNow()
 				return
@@ -250,44 +351,55 @@ func (c *conn) writeLoop() {
 	}
 }
 
-// writeBatch writes every frame of batch with one writev to the socket
-// (Go splits it past 1,024 buffers), within the write timeout. The frames'
-// headers and payloads are handed to the kernel as they are: nothing is
-// copied per subscriber, but for protocol-mode pushes joined into one frame.
-func (c *conn) writeBatch(batch []*frame) error {
-	w := writevPool.Get().(*writev)
-	defer w.release()
-	bytes := 0
+// buildBatch fills w with the buffers of one writev of every frame of
+// batch. The frames' headers and payloads are handed to the kernel as they
+// are: nothing is copied per subscriber, but for protocol-mode pushes
+// joined into one frame.
+func (c *conn) buildBatch(w *writev, batch []*frame) {
+	w.frames = len(batch)
 	for rest := batch; len(rest) > 0; {
 		hdr, data, n := w.next(c, rest)
 		rest = rest[n:]
 		w.bufs = append(w.bufs, hdr, data)
-		bytes += len(data)
+		w.bytes += len(data)
 	}
-	if err := c.nc.writeBuffers(w.bufs); err != nil {
-		return err
-	}
-	c.stats.sent.Add(float64(len(batch)))
-	c.stats.sentBytes.Add(float64(bytes))
-	return nil
 }
 
-// writev is the scratch space of one writeBatch, pooled: the buffers of the
-// writev, and the headers and payloads of frames joined for it.
+// countSent counts the frames of w as sent.
+func (c *conn) countSent(w *writev) {
+	c.stats.sent.Add(float64(w.frames))
+	c.stats.sentBytes.Add(float64(w.bytes))
+}
+
+// writev is the scratch space of one batch: the buffers of the writev, the
+// headers and payloads of frames joined for it, and the iovecs of a
+// non-blocking write. Each flusher keeps one; own writers take them from a
+// pool.
 type writev struct {
-	bufs  net.Buffers
-	hdrs  []byte
-	joins []byte
+	bufs   net.Buffers
+	hdrs   []byte
+	joins  []byte
+	iov    iovecs // writevNonblock's
+	frames int    // messages in bufs
+	bytes  int    // their payload bytes
 }
 
 var writevPool = sync.Pool{New: func() any { return new(writev) }}
 
-func (w *writev) release() {
+// reset empties w for the next batch.
+func (w *writev) reset() {
 	clear(w.bufs) // let the frames go
-	w.bufs, w.hdrs, w.joins = w.bufs[:0], w.hdrs[:0], w.joins[:0]
+	clear(w.iov)
+	w.bufs, w.hdrs, w.joins, w.iov = w.bufs[:0], w.hdrs[:0], w.joins[:0], w.iov[:0]
+	w.frames, w.bytes = 0, 0
 	if cap(w.joins) > maxJoinBytes*4 {
 		w.joins = nil
 	}
+}
+
+// release puts w back in the pool.
+func (w *writev) release() {
+	w.reset()
 	writevPool.Put(w)
 }
 

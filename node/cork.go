@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -21,15 +22,26 @@ const (
 
 // wsConn is the hijacked net.Conn of a WebSocket. coder/websocket writes
 // its control frames (pong, ping, close) through it, each as one Write of
-// its buffered writer, which is flushed at the end of every frame; the
-// connection's writer writes data frames with writeBuffers. The lock keeps
+// its buffered writer, which is flushed at the end of every frame; data
+// frames are written with tryWriteBuffers and writeBuffers. The lock keeps
 // every frame whole and the two in order.
 type wsConn struct {
 	net.Conn
-	timeout time.Duration // bound on one write
+	raw     syscall.RawConn // nil if Conn has no file descriptor
+	timeout time.Duration   // bound on one write
 
 	mu       sync.Mutex
 	deadline time.Time // the write deadline set on Conn
+}
+
+func newWSConn(nc net.Conn, timeout time.Duration) *wsConn {
+	c := &wsConn{Conn: nc, timeout: timeout}
+	if sc, ok := nc.(syscall.Conn); ok && nonblockingWrites {
+		if raw, err := sc.SyscallConn(); err == nil {
+			c.raw = raw
+		}
+	}
+	return c
 }
 
 func (c *wsConn) Write(p []byte) (int, error) {
@@ -39,13 +51,57 @@ func (c *wsConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-// writeBuffers writes bufs with one writev (a few past 1,024 buffers).
-func (c *wsConn) writeBuffers(bufs net.Buffers) error {
-	c.mu.Lock()
+// writeBuffers writes bufs with one writev (a few past 1,024 buffers),
+// blocking within the write timeout. If locked, the caller holds the lock,
+// which writeBuffers releases.
+func (c *wsConn) writeBuffers(bufs net.Buffers, locked bool) error {
+	if !locked {
+		c.mu.Lock()
+	}
 	defer c.mu.Unlock()
 	c.refreshDeadline()
 	_, err := bufs.WriteTo(c.Conn)
 	return err
+}
+
+// tryWriteBuffers writes what the socket takes of w.bufs now, without
+// waiting. done reports that all of it went out. Otherwise w.bufs holds the
+// rest, for writeBuffers; locked reports that the lock is still held (a
+// frame may be half written, so nothing else may go first). Without a file
+// descriptor, or while another frame is being written, nothing is written.
+func (c *wsConn) tryWriteBuffers(w *writev) (done, locked bool, err error) {
+	if c.raw == nil || !c.mu.TryLock() {
+		return false, false, nil
+	}
+	c.refreshDeadline() // a deadline in the past would fail the write
+	var errno syscall.Errno
+	err = c.raw.Write(func(fd uintptr) bool {
+		errno = writevNonblock(fd, w)
+		return true
+	})
+	switch {
+	case err == nil && errno == 0:
+		c.mu.Unlock()
+		return true, false, nil
+	case err == nil && errno == syscall.EAGAIN:
+		return false, true, nil
+	case err == nil:
+		err = errno
+	}
+	c.mu.Unlock()
+	return false, false, err
+}
+
+// consume drops the first n bytes of bufs.
+func consume(bufs *net.Buffers, n int) {
+	for len(*bufs) > 0 && n >= len((*bufs)[0]) {
+		n -= len((*bufs)[0])
+		(*bufs)[0] = nil
+		*bufs = (*bufs)[1:]
+	}
+	if n > 0 {
+		(*bufs)[0] = (*bufs)[0][n:]
+	}
 }
 
 // refreshDeadline keeps the write deadline between half a timeout and a
@@ -74,7 +130,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.nc = &wsConn{Conn: nc, timeout: w.timeout}
+	w.nc = newWSConn(nc, w.timeout)
 	r := brw.Reader
 	if r.Buffered() == 0 {
 		// Nothing read ahead: net/http's 4 KiB reader can go.

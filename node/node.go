@@ -10,6 +10,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,14 +22,17 @@ import (
 
 // Node is one Relay node. It is safe for concurrent use.
 type Node struct {
-	cfg     Config
-	id      string
-	log     *slog.Logger
-	broker  pubsub.Broker
-	hub     *hub
-	auth    *authenticator
-	metrics *metrics
-	mux     *http.ServeMux
+	cfg    Config
+	id     string
+	log    *slog.Logger
+	broker pubsub.Broker
+	hub    *hub
+	// flushers write the connections' queues; connection i has flusher
+	// i mod len (flush.go).
+	flushers []*flusher
+	auth     *authenticator
+	metrics  *metrics
+	mux      *http.ServeMux
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
@@ -69,6 +73,10 @@ func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
 	}
 	n.metrics = newMetrics(n)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
+	n.flushers = make([]*flusher, runtime.GOMAXPROCS(0))
+	for i := range n.flushers {
+		n.flushers[i] = &flusher{delay: cfg.WriteDelay}
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.routes()
 	return n, nil
@@ -275,12 +283,13 @@ func (n *Node) notReady() []string {
 }
 
 func (n *Node) newConn(r *http.Request, m mode) *conn {
-	return &conn{
+	id := n.connSeq.Add(1)
+	return &conn{ // writerOpening until open
 		n:       n,
-		id:      n.connSeq.Add(1),
+		id:      id,
 		mode:    m,
 		remote:  r.RemoteAddr,
-		writing: true, // until open
+		flusher: n.flushers[id%uint64(len(n.flushers))],
 	}
 }
 

@@ -79,13 +79,13 @@ func TestErrorWindow(t *testing.T) {
 }
 
 // protoSubscribers returns a channel of the hub of a node without a network
-// with n protocol-mode subscribers whose writers never start.
+// with n protocol-mode subscribers whose writers never start (writerOpening).
 func protoSubscribers(n int) (*hubChannel, []*conn) {
 	nd := &Node{cfg: Config{QueueMessages: 1 << 20, QueueBytes: 1 << 30}}
 	hc := &hubChannel{hub: &hub{nodeID: "here"}, name: "chat:lobby", index: make(map[*conn]int)}
 	var conns []*conn
 	for i := range n {
-		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, writing: true, proto: &protoConn{batch: true}}
+		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, proto: &protoConn{batch: true}}
 		hc.add(c)
 		conns = append(conns, c)
 	}
