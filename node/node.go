@@ -317,6 +317,9 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 	n.conns[c] = struct{}{}
 	n.readers.Add(1)
 	n.mu.Unlock()
+	// Logged here, not by the reader: formatting a record takes more stack
+	// than reading, and a goroutine's stack stays as large as it has been.
+	n.log.Info("conn opened", "conn", c.id, "remote", c.remote, "mode", c.mode, "channel", c.channel)
 	go n.runConn(c, read)
 	return true
 }
@@ -326,7 +329,6 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 func (n *Node) runConn(c *conn, read func(*conn) error) {
 	defer n.readers.Done()
 	defer c.release()
-	n.log.Info("conn opened", "conn", c.id, "remote", c.remote, "mode", c.mode, "channel", c.channel)
 	c.stats.opened.Inc()
 	c.stats.connections.Inc()
 	c.open()
