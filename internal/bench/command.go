@@ -59,6 +59,7 @@ type Config struct {
 	AllowRemote   bool   // allow targets outside the loopback range
 	ChannelPrefix string // channel names are ChannelPrefix.RUNID.N
 	Batch         bool   // protocol mode: allow batched pushes
+	Lean          bool   // raw mode: subscribers read by epoll loops (lean_linux.go)
 	Progress      string // auto, on or off
 	Quiet         bool   // no text report, only the JSON line
 	CPUProfile    string // file for the generator's own CPU profile
@@ -122,6 +123,8 @@ func parseFlags(args []string, stderr io.Writer) (*Config, error) {
 	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow targets outside 127.0.0.0/8 and ::1")
 	fs.StringVar(&c.ChannelPrefix, "channel-prefix", "bench", "channel names are PREFIX.RUNID.N")
 	fs.BoolVar(&c.Batch, "batch", true, "protocol mode: let the server batch pushes (false adds ?batch=false)")
+	fs.BoolVar(&c.Lean, "lean", true, "raw mode, ws:// on Linux: read subscribers with a few epoll loops, one read per batch\n"+
+		"(false: a goroutine per subscriber reading through coder/websocket, as on other systems)")
 	fs.StringVar(&c.Progress, "progress", "auto", "progress once a second on stderr: auto (when a terminal), on, off")
 	fs.BoolVar(&c.Quiet, "q", false, "no text report; only the JSON line on stdout")
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the generator's own CPU profile to this file")

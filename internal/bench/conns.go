@@ -219,12 +219,32 @@ func readAll(rd io.Reader, buf []byte) ([]byte, error) {
 
 // conn is one established connection the runner owns and closes.
 type conn struct {
-	ws      *websocket.Conn
+	ws      *websocket.Conn // nil for a lean subscriber
+	lean    *leanSub
 	channel int
 	node    string
 	rcv     *receiver     // nil for a publisher's connection
 	side    *atomic.Int64 // counts messages a publisher's raw connection gets
 	done    chan struct{}
+}
+
+// closeNow drops the connection without a close handshake.
+func (c *conn) closeNow() {
+	if c.lean != nil {
+		c.lean.closeNow()
+		return
+	}
+	c.ws.CloseNow()
+}
+
+// closeGraceful closes the connection with the close handshake (1000); a
+// lean subscriber's ends in its loop.
+func (c *conn) closeGraceful() error {
+	if c.lean != nil {
+		c.lean.closeGraceful()
+		return nil
+	}
+	return c.ws.Close(websocket.StatusNormalClosure, "bench done")
 }
 
 // readLoop reads messages until the connection ends, accounting payloads

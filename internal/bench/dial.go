@@ -112,28 +112,40 @@ func sourceAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, 0, 0, byte(1 + i)})
 }
 
-// client returns the HTTP client for the next connection to u.
-func (d *dialer) client(u *url.URL) *http.Client {
+// next returns the source address index of the next connection to u.
+func (d *dialer) next(u *url.URL) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	dest := u.Host
 	k := d.perDest[dest]
 	d.perDest[dest] = k + 1
-	i := sourceIndex(k, d.spreadAfter)
 	if a, err := netip.ParseAddr(u.Hostname()); err == nil && !a.Is4() {
-		i = 0 // 127.0.0.x sources only reach IPv4 destinations
+		return 0 // 127.0.0.x sources only reach IPv4 destinations
 	}
-	if c, ok := d.clients[i]; ok {
-		return c
-	}
+	return sourceIndex(k, d.spreadAfter)
+}
+
+// dialFunc returns the dial function of source address index i.
+func (d *dialer) dialFunc(i int) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	nd := &net.Dialer{Timeout: d.timeout, KeepAlive: -1}
 	if i > 0 {
 		nd.LocalAddr = &net.TCPAddr{IP: sourceAddr(i).AsSlice()}
 		nd.Control = bindNoPort
 	}
+	return d.checked(nd)
+}
+
+// client returns the HTTP client for the next connection to u.
+func (d *dialer) client(u *url.URL) *http.Client {
+	i := d.next(u)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c, ok := d.clients[i]; ok {
+		return c
+	}
 	tr := &http.Transport{
 		Proxy:               nil, // loopback targets never go through a proxy
-		DialContext:         d.checked(nd),
+		DialContext:         d.dialFunc(i),
 		TLSClientConfig:     d.tlsConfig,
 		TLSHandshakeTimeout: d.timeout,
 		DisableCompression:  true,

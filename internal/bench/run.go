@@ -7,13 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/coder/websocket"
 )
 
 // runner holds the state of one run.
@@ -27,6 +26,7 @@ type runner struct {
 	ackLat *histShards // publish-ack latency, µs
 	conLat *histShards // handshake (and subscribe) latency, µs
 
+	lean       leanLoops // read lean subscribers (lean_linux.go)
 	dialErrors tally
 	closes     tally
 	pubErrors  tally
@@ -71,6 +71,7 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 		ackLat: newHistShards(1),
 		conLat: newHistShards(shards),
 	}
+	r.lean.r = r
 	res := newResult(cfg, r.runID)
 	res.FileLimit = limit
 	if lerr != nil {
@@ -97,6 +98,7 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	}
 	pr.setPhase("close")
 	r.closeAll(ctx.Err() == nil)
+	r.lean.close()
 	stopProgress()
 	r.collect(res)
 	if err == nil && ctx.Err() != nil {
@@ -152,32 +154,55 @@ func (r *runner) openSub(ctx context.Context, i, nStreams int) {
 	ch := i % cfg.Channels
 	base := cfg.URLs[i%len(cfg.URLs)]
 	t0 := r.clk.now()
-	ws, node, err := r.dial(ctx, base, r.channelName(ch))
-	if err != nil {
-		r.fails.Add(1)
-		return
-	}
 	rcv := newReceiver(nStreams, &r.win, r.clk, r.lat, i)
-	if cfg.Mode == Protocol {
-		if err := r.subscribe(ctx, ws, r.channelName(ch), rcv); err != nil {
+	c := &conn{channel: ch, rcv: rcv, done: make(chan struct{})}
+	if r.leanSubs(base) {
+		s, node, err := r.dialLean(ctx, base, r.channelName(ch))
+		if err != nil {
 			r.fails.Add(1)
-			ws.CloseNow()
 			return
 		}
+		c.lean, c.node = s, node
+		if err := r.attach(s, c); err != nil {
+			r.dialErrors.add(err.Error(), 1)
+			r.fails.Add(1)
+			s.release()
+			return
+		}
+	} else {
+		ws, node, err := r.dial(ctx, base, r.channelName(ch))
+		if err != nil {
+			r.fails.Add(1)
+			return
+		}
+		if cfg.Mode == Protocol {
+			if err := r.subscribe(ctx, ws, r.channelName(ch), rcv); err != nil {
+				r.fails.Add(1)
+				ws.CloseNow()
+				return
+			}
+		}
+		c.ws, c.node = ws, node
 	}
 	r.conLat.record(i, []int64{(r.clk.now() - t0) / 1000})
-	c := &conn{ws: ws, channel: ch, node: node, rcv: rcv, done: make(chan struct{})}
 	r.mu.Lock()
 	if r.closing.Load() {
 		r.mu.Unlock()
-		ws.CloseNow()
+		c.closeNow()
 		return
 	}
 	r.subs = append(r.subs, c)
 	r.mu.Unlock()
 	r.conns.Add(1)
-	r.nodes.add(node, 1)
-	go r.readLoop(c, nil)
+	r.nodes.add(c.node, 1)
+	if c.ws != nil {
+		go r.readLoop(c, nil)
+	}
+}
+
+// leanSubs reports whether subscribers of base are lean (lean_linux.go).
+func (r *runner) leanSubs(base *url.URL) bool {
+	return leanSupported && r.cfg.Lean && r.cfg.Mode == Raw && base.Scheme == "ws"
 }
 
 // openPublishers builds the streams and opens the publishers' connections.
@@ -285,7 +310,7 @@ func (r *runner) abortAll() {
 	conns := append(r.pubConns(), r.subs...)
 	r.mu.Unlock()
 	for _, c := range conns {
-		c.ws.CloseNow()
+		c.closeNow()
 	}
 }
 
@@ -302,7 +327,7 @@ func (r *runner) closeAll(graceful bool) {
 	var wg sync.WaitGroup
 	deadline := time.AfterFunc(10*time.Second, func() {
 		for _, c := range conns {
-			c.ws.CloseNow()
+			c.closeNow()
 		}
 	})
 	defer deadline.Stop()
@@ -314,8 +339,8 @@ func (r *runner) closeAll(graceful bool) {
 					return
 				}
 				c := conns[i]
-				if !graceful || c.ws.Close(websocket.StatusNormalClosure, "bench done") != nil {
-					c.ws.CloseNow()
+				if !graceful || c.closeGraceful() != nil {
+					c.closeNow()
 				}
 				<-c.done
 			}

@@ -86,6 +86,29 @@ func TestFanoutRaw(t *testing.T) {
 	}
 }
 
+// Both ways of reading raw-mode subscribers answer the server's pings and
+// account every message.
+func TestRawReaders(t *testing.T) {
+	for _, lean := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lean=%v", lean), func(t *testing.T) {
+			s := newStandIn(t, "a")
+			s.ping = true
+			res, report, err := runBench(t, append([]string{"fanout", "-url", s.url(), "-subs", "3", "-publishers", "1",
+				"-rate", "200", fmt.Sprintf("-lean=%v", lean)}, short...)...)
+			if err != nil {
+				t.Fatalf("Command: %v\n%s", err, report)
+			}
+			checkClean(t, res, report)
+			// Publishers' raw connections are pinged too; they get no
+			// messages of their own here (one publisher), so pings count
+			// the subscribers' messages.
+			if got, want := s.pongs.Load(), res.Delivered; got != want {
+				t.Errorf("pings answered %d, want one per message delivered (%d)", got, want)
+			}
+		})
+	}
+}
+
 func TestFanoutProtocol(t *testing.T) {
 	s := newStandIn(t, "a")
 	res, report, err := runBench(t, append([]string{"fanout", "-mode", "protocol", "-url", s.url(),

@@ -8,7 +8,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -26,6 +28,8 @@ type standIn struct {
 	kick   func(sub int, msg []byte) bool     // true: close sub with 1013 instead
 	reject func(id uint64) bool               // protocol: answer this publish with an error
 	stall  chan struct{}                      // raw: when set, readers wait for it to close before reading
+	ping   bool                               // ping each subscriber before each message
+	pongs  atomic.Int64                       // pings answered
 
 	mu     sync.Mutex
 	nextID int
@@ -111,6 +115,13 @@ func (s *standIn) accept(w http.ResponseWriter, r *http.Request, proto bool, cha
 			case m, ok := <-c.out:
 				if !ok {
 					return
+				}
+				if s.ping {
+					ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+					if ws.Ping(ctx) == nil {
+						s.pongs.Add(1)
+					}
+					cancel()
 				}
 				if err := ws.Write(s.ctx, m.typ, m.b); err != nil {
 					return
