@@ -289,7 +289,7 @@ func (c *conn) flush(w *writev) (kept bool) {
 func (c *conn) writeLoop(pending *writev, locked bool) {
 	defer c.writers.Done()
 	if pending != nil {
-		err := c.nc.writeBuffers(pending.bufs, locked)
+		err := c.nc.writeBuffers(pending.rest, locked)
 		if err == nil {
 			c.countSent(pending)
 		}
@@ -377,6 +377,7 @@ func (c *conn) countSent(w *writev) {
 // pool.
 type writev struct {
 	bufs   net.Buffers
+	rest   net.Buffers // what a non-blocking write left of bufs
 	hdrs   []byte
 	joins  []byte
 	iov    iovecs // writevNonblock's
@@ -391,7 +392,7 @@ func (w *writev) reset() {
 	clear(w.bufs) // let the frames go
 	clear(w.iov)
 	w.bufs, w.hdrs, w.joins, w.iov = w.bufs[:0], w.hdrs[:0], w.joins[:0], w.iov[:0]
-	w.frames, w.bytes = 0, 0
+	w.frames, w.bytes, w.rest = 0, 0, nil
 	if cap(w.joins) > maxJoinBytes*4 {
 		w.joins = nil
 	}

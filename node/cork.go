@@ -65,11 +65,12 @@ func (c *wsConn) writeBuffers(bufs net.Buffers, locked bool) error {
 }
 
 // tryWriteBuffers writes what the socket takes of w.bufs now, without
-// waiting. done reports that all of it went out. Otherwise w.bufs holds the
+// waiting. done reports that all of it went out. Otherwise w.rest holds the
 // rest, for writeBuffers; locked reports that the lock is still held (a
 // frame may be half written, so nothing else may go first). Without a file
 // descriptor, or while another frame is being written, nothing is written.
 func (c *wsConn) tryWriteBuffers(w *writev) (done, locked bool, err error) {
+	w.rest = w.bufs
 	if c.raw == nil || !c.mu.TryLock() {
 		return false, false, nil
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -18,6 +19,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // leanSupported reports that raw-mode subscribers can be lean (below).
@@ -231,13 +233,16 @@ func (r *runner) attach(s *leanSub, c *conn) error {
 
 // readable reads what the socket holds and accounts every whole frame.
 func (s *leanSub) readable(r *runner, l *epollLoop, buf []byte, now int64) {
-	n, err := syscall.Read(int(s.fd), buf)
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EINTR) {
+	// The socket is non-blocking: a raw call, unknown to the scheduler.
+	r0, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(s.fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	n := int(r0)
+	if errno == syscall.EAGAIN || errno == syscall.EINTR {
 		return
 	}
-	if n <= 0 {
-		if err == nil {
-			err = errors.New("eof")
+	if errno != 0 || n == 0 {
+		var err error = io.EOF
+		if errno != 0 {
+			err = errno
 		}
 		s.end(r, l, "abnormal: "+errorClass(err, nil))
 		return

@@ -8,7 +8,7 @@
 # everything the script started is killed on exit.
 #
 # Environment (all optional):
-#   BENCH_ROWS       rows to run (default: fanout-1k-300 fanout-1k-1000 fanout-10k-10 idle-10k;
+#   BENCH_ROWS       rows to run (default: fanout-1k-300 fanout-1k-600 fanout-1k-1000 fanout-10k-10 idle-10k;
 #                    also known: channels-1k, connect-10k)
 #   BENCH_MODE       raw or protocol (default raw)
 #   BENCH_WARMUP     warm-up per publishing row (default 5s)
@@ -27,7 +27,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-rows=${BENCH_ROWS:-"fanout-1k-300 fanout-1k-1000 fanout-10k-10 idle-10k"}
+rows=${BENCH_ROWS:-"fanout-1k-300 fanout-1k-600 fanout-1k-1000 fanout-10k-10 idle-10k"}
 mode=${BENCH_MODE:-raw}
 warmup=${BENCH_WARMUP:-5s}
 duration=${BENCH_DURATION:-20s}
@@ -154,6 +154,7 @@ pub=(-publishers "$publishers" -size "$size" -warmup "$warmup" -duration "$durat
 for row in $rows; do
 	case $row in
 	fanout-1k-300) run_row "$row" fanout -subs 1000 -rate 300 "${pub[@]}" ;;
+	fanout-1k-600) run_row "$row" fanout -subs 1000 -rate 600 "${pub[@]}" ;;
 	fanout-1k-1000) run_row "$row" fanout -subs 1000 -rate 1000 "${pub[@]}" ;;
 	fanout-10k-10) run_row "$row" fanout -subs 10000 -rate 10 "${pub[@]}" ;;
 	channels-1k) run_row "$row" channels -channels 100 -subs 1000 -rate 1000 -size "$size" \
