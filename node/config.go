@@ -36,10 +36,11 @@ type Config struct {
 	// WriteTimeout bounds one write to a client; a client that takes longer
 	// to accept data is disconnected.
 	WriteTimeout time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"a write to a client blocked longer than this closes the connection"`
-	// WriteDelay is the least time between two writes to one client:
+	// WriteDelay is the least time between two writes to one client: the
+	// node writes in sweeps (flush.go), at most one per WriteDelay, and
 	// messages that arrive meanwhile go out together in one write (one
 	// syscall). The first message after a quiet spell goes out at once.
-	WriteDelay time.Duration `envconfig:"WRITE_DELAY" default:"10ms" desc:"least time between two writes to one client: a message after a quiet spell goes out at once, faster ones share one write per this interval (fewer syscalls, at most this much added latency); 0 = write at once"`
+	WriteDelay time.Duration `envconfig:"WRITE_DELAY" default:"20ms" desc:"least time between two writes to one client: a message after a quiet spell goes out at once, faster ones share one write per this interval (fewer syscalls, at most this much added latency; see docs/BENCHMARKS.md); 0 = write at once"`
 	// PingInterval is how often the node pings each client; a client whose
 	// pong does not come within PongTimeout is disconnected.
 	PingInterval time.Duration `envconfig:"PING_INTERVAL" default:"25s" desc:"how often the node pings each client to find dead connections"`
@@ -103,7 +104,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("RELAY_WRITE_TIMEOUT: %v; want a positive duration such as 10s", c.WriteTimeout))
 	}
 	if c.WriteDelay < 0 || c.WriteDelay > time.Second {
-		errs = append(errs, fmt.Errorf("RELAY_WRITE_DELAY: %v; want 0 to 1s, such as 10ms", c.WriteDelay))
+		errs = append(errs, fmt.Errorf("RELAY_WRITE_DELAY: %v; want 0 to 1s, such as 20ms", c.WriteDelay))
 	}
 	if c.PingInterval <= 0 {
 		errs = append(errs, fmt.Errorf("RELAY_PING_INTERVAL: %v; want a positive duration such as 25s", c.PingInterval))

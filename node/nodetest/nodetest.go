@@ -31,7 +31,7 @@ func Config() node.Config {
 		QueueMessages:   4096,
 		QueueBytes:      4 << 20,
 		WriteTimeout:    10 * time.Second,
-		WriteDelay:      10 * time.Millisecond,
+		WriteDelay:      20 * time.Millisecond,
 		PingInterval:    25 * time.Second,
 		PongTimeout:     10 * time.Second,
 		MaxConnections:  10000,
