@@ -351,8 +351,8 @@ func (res *Result) WriteText(w io.Writer) {
 		}
 		p("\n")
 		p("throughput: %.0f deliveries/s received in the window", res.DeliveredPerSec)
-		if res.PublisherSide > 0 {
-			p(" (+%d to publishers' raw connections)", res.PublisherSide)
+		if res.PublisherSide > 0 && res.WindowS > 0 {
+			p(" (+%.0f/s to publishers' raw connections)", float64(res.PublisherSide)/res.WindowS)
 		}
 		p("\n")
 		if res.Latency != nil {
