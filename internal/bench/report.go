@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -154,10 +153,6 @@ func summarize(h *hdrhistogram.Histogram) *Latency {
 	}
 }
 
-func cpuSeconds(ru syscall.Rusage) float64 {
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-}
-
 // servers fills the per-process figures between two samples.
 func (res *Result) servers(before, after snapshot) (cpu float64) {
 	hz := float64(userHZ())
@@ -180,7 +175,7 @@ func (res *Result) servers(before, after snapshot) (cpu float64) {
 		res.Servers = append(res.Servers, s)
 	}
 	g := &res.Generator
-	g.CPUSeconds = cpuSeconds(after.self) - cpuSeconds(before.self)
+	g.CPUSeconds = after.self - before.self
 	if secs > 0 {
 		g.Cores = g.CPUSeconds / secs
 	}

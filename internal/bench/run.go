@@ -11,7 +11,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -384,9 +383,9 @@ type snapshot struct {
 	side     int64
 	procs    []ProcSample
 	procErr  []error
-	self     syscall.Rusage
-	busy     uint64 // machine's busy clock ticks, all CPUs
-	total    uint64 // machine's clock ticks, all CPUs
+	self     float64 // the generator's CPU seconds
+	busy     uint64  // machine's busy clock ticks, all CPUs
+	total    uint64  // machine's clock ticks, all CPUs
 }
 
 func (r *runner) sample() snapshot {
@@ -397,7 +396,7 @@ func (r *runner) sample() snapshot {
 		s.procs = append(s.procs, p)
 		s.procErr = append(s.procErr, err)
 	}
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &s.self)
+	s.self = selfCPUSeconds()
 	s.busy, s.total = machineCPU()
 	return s
 }
