@@ -28,6 +28,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+	@# `go run ./cmd/relay` is for every laptop, not only Linux ones.
+	GOOS=darwin $(GO) build -o /dev/null ./cmd/relay
+	GOOS=windows $(GO) build -o /dev/null ./cmd/relay
 
 unit:
 	$(GO) test -race -count=1 -shuffle=on -timeout 12m ./...
