@@ -138,9 +138,11 @@ type conn struct {
 	spare  []*frame // the previous batch's array, reused
 	queued int      // bytes in queue
 	state  writerState
-	// lastWrite is when the own writer's last batch went out; only the own
-	// writer, one at a time, uses it.
-	lastWrite time.Time
+	// lastWrite is when the last batch went out (Unix ns): the start of the
+	// sweep that wrote it, or the own writer's write. due is when the
+	// next write is due, set as the connection is queued for its flusher.
+	lastWrite int64
+	due       atomic.Int64
 	cause     error          // why the connection closes; set once
 	writers   sync.WaitGroup // the own writer and a flusher's write
 }
@@ -173,8 +175,7 @@ func (c *conn) enqueue(f *frame) {
 	c.queue = append(c.queue, f)
 	c.queued += len(f.data)
 	if c.state == writerIdle {
-		c.state = writerQueued
-		c.flusher.add(c)
+		c.queueLocked()
 	}
 	c.mu.Unlock()
 }
@@ -188,10 +189,18 @@ func (c *conn) open() {
 	case c.cause != nil:
 		c.startOwnLocked(nil, false)
 	case len(c.queue) > 0:
-		c.state = writerQueued
-		c.flusher.add(c)
+		c.queueLocked()
 	}
 	c.mu.Unlock()
+}
+
+// queueLocked hands the connection to its flusher, its write due
+// WriteDelay after the last one.
+func (c *conn) queueLocked() {
+	c.state = writerQueued
+	due := c.lastWrite + int64(c.n.cfg.WriteDelay)
+	c.due.Store(due)
+	c.flusher.add(c, due)
 }
 
 // startOwnLocked starts the connection's own writer; pending is a batch it
@@ -232,10 +241,10 @@ func (c *conn) takeLocked() []*frame {
 }
 
 // flush writes the queue as one batch without blocking, with w as scratch
-// space; the connection's flusher calls it in a sweep. A batch the socket
-// cannot take whole goes to the own writer, with w: flush reports whether
-// it kept w. A close goes to the own writer too.
-func (c *conn) flush(w *writev) (kept bool) {
+// space; the connection's flusher calls it in the sweep that started at
+// now. A batch the socket cannot take whole goes to the own writer, with w:
+// flush reports whether it kept w. A close goes to the own writer too.
+func (c *conn) flush(w *writev, now int64) (kept bool) {
 	c.mu.Lock()
 	if c.state != writerQueued {
 		c.mu.Unlock()
@@ -255,6 +264,7 @@ func (c *conn) flush(w *writev) (kept bool) {
 	clear(batch) // let the frames go; w holds what is still to write
 	c.mu.Lock()
 	c.spare = batch[:0]
+	c.lastWrite = now
 	switch {
 	case err != nil:
 		c.closeLocked(errWriteTimeout)
@@ -270,8 +280,7 @@ func (c *conn) flush(w *writev) (kept bool) {
 	case c.cause != nil:
 		c.startOwnLocked(nil, false)
 	case len(c.queue) > 0:
-		c.state = writerQueued
-		c.flusher.add(c)
+		c.queueLocked()
 	default:
 		c.state = writerIdle
 	}
@@ -299,10 +308,10 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 			c.ws.CloseNow()
 			return
 		}
-		c.lastWrite = time.Now()
+		c.lastWrite = time.Now().UnixNano()
 	}
 	for {
-		if wait := c.n.cfg.WriteDelay - time.Since(c.lastWrite); wait > 0 {
+		if wait := time.Duration(c.lastWrite + int64(c.n.cfg.WriteDelay) - time.Now().UnixNano()); wait > 0 {
 			time.Sleep(wait)
 		}
 		c.mu.Lock()
@@ -335,7 +344,7 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 				c.ws.CloseNow()
 				return
 			}
-			c.lastWrite = time.Now()
+			c.lastWrite = time.Now().UnixNano()
 			clear(batch) // let the frames go
 			c.mu.Lock()
 			c.spare = batch[:0]

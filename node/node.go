@@ -75,7 +75,7 @@ func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
 	n.flushers = make([]*flusher, runtime.GOMAXPROCS(0))
 	for i := range n.flushers {
-		n.flushers[i] = &flusher{delay: cfg.WriteDelay}
+		n.flushers[i] = newFlusher(cfg.WriteDelay)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.routes()
