@@ -75,45 +75,63 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 // readProto runs the commands the client sends, one at a time and in
 // order, until the connection ends; then it leaves every channel.
 func (n *Node) readProto(c *conn) error {
-	p := c.proto
-	defer func() {
-		for ch := range p.subs {
-			n.hub.unsubscribe(ch, c)
-		}
-	}()
+	defer n.unsubscribeAll(c)
 	for {
 		typ, data, err := c.read()
 		if err != nil {
 			return err
 		}
-		now := time.Now()
-		allowed := p.bucket == nil || p.bucket.AllowN(now, 1) // every frame takes a token
-		var cmd protocol.Command
-		var perr *protocol.Error
-		if typ != websocket.MessageText {
-			perr = &protocol.Error{Code: protocol.CodeBadRequest,
-				Message: "binary frame: send each command as JSON in a text frame"}
-		} else if cmd, err = protocol.DecodeCommand(data); err != nil {
-			if !errors.As(err, &perr) {
-				perr = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
-			}
-		} else if !allowed {
-			perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
-				"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
-		} else {
-			perr = n.runCommand(c, cmd)
-		}
-		if perr == nil {
-			if cmd.ID != nil {
-				c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, emptyResult)))
-			}
-			continue
-		}
-		c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
-		if clientError(perr.Code) && p.errs.add(now) {
-			return errTooManyErrors
+		if err := n.protoMessage(c, typ, data); err != nil {
+			return err
 		}
 	}
+}
+
+// unsubscribeAll ends the subscriptions of a protocol-mode connection.
+func (n *Node) unsubscribeAll(c *conn) {
+	for ch := range c.proto.subs {
+		n.hub.unsubscribe(ch, c)
+	}
+}
+
+// protoMessage runs one command frame and queues its reply; an error ends
+// the connection.
+//
+// Not inlined, so that its locals are not on the reader's stack while it
+// waits for the next message (see runConn).
+//
+//go:noinline
+func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) error {
+	p := c.proto
+	now := time.Now()
+	allowed := p.bucket == nil || p.bucket.AllowN(now, 1) // every frame takes a token
+	var cmd protocol.Command
+	var perr *protocol.Error
+	var err error
+	if typ != websocket.MessageText {
+		perr = &protocol.Error{Code: protocol.CodeBadRequest,
+			Message: "binary frame: send each command as JSON in a text frame"}
+	} else if cmd, err = protocol.DecodeCommand(data); err != nil {
+		if !errors.As(err, &perr) {
+			perr = &protocol.Error{Code: protocol.CodeBadRequest, Message: err.Error()}
+		}
+	} else if !allowed {
+		perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
+			"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
+	} else {
+		perr = n.runCommand(c, cmd)
+	}
+	if perr == nil {
+		if cmd.ID != nil {
+			c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, emptyResult)))
+		}
+		return nil
+	}
+	c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
+	if clientError(perr.Code) && p.errs.add(now) {
+		return errTooManyErrors
+	}
+	return nil
 }
 
 // runCommand runs a decoded command and returns its error reply, or nil.

@@ -164,25 +164,38 @@ func (n *Node) readRaw(c *conn) error {
 		if err != nil {
 			return err
 		}
-		if n.cfg.RawPublishRate > 0 {
-			if limiter == nil {
-				limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
-			}
-			if err := limiter.Wait(n.ctx); err != nil {
-				return err
-			}
-		}
-		m := pubsub.Message{
-			Origin:  n.id,
-			Conn:    c.id,
-			Binary:  typ == websocket.MessageBinary,
-			Payload: data,
-		}
-		if err := n.publish(c.channel, m); err != nil {
-			n.log.Warn("publish failed", "conn", c.id, "channel", c.channel, "err", err)
-			return errBrokerDown
+		if err := n.rawMessage(c, &limiter, typ, data); err != nil {
+			return err
 		}
 	}
+}
+
+// rawMessage publishes one message of a raw-mode client.
+//
+// Not inlined, so that its locals are not on the reader's stack while it
+// waits for the next message (see runConn).
+//
+//go:noinline
+func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.MessageType, data []byte) error {
+	if n.cfg.RawPublishRate > 0 {
+		if *limiter == nil {
+			*limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
+		}
+		if err := (*limiter).Wait(n.ctx); err != nil {
+			return err
+		}
+	}
+	m := pubsub.Message{
+		Origin:  n.id,
+		Conn:    c.id,
+		Binary:  typ == websocket.MessageBinary,
+		Payload: data,
+	}
+	if err := n.publish(c.channel, m); err != nil {
+		n.log.Warn("publish failed", "conn", c.id, "channel", c.channel, "err", err)
+		return errBrokerDown
+	}
+	return nil
 }
 
 // publish publishes m, stamped with the time, and measures the broker.
