@@ -49,7 +49,7 @@ type config struct {
 const prefix = "RELAY"
 
 // defaultGCPercent is the garbage collector's target unless GOGC is set.
-const defaultGCPercent = 50
+const defaultGCPercent = 25
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
