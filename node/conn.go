@@ -125,7 +125,7 @@ type conn struct {
 	stats   *modeMetrics // shared by the connections of a mode
 	release func()       // gives back the connection slot
 	pinger  *time.Timer
-	// pingSent is when the ping that is out was sent (Unix ns), 0 for none;
+	// pingSent is when the ping that is out was sent (monotime), 0 for none;
 	// only the pinger's timer callback uses it. lastPong is the last pong.
 	pingSent int64
 	lastPong atomic.Int64
@@ -138,7 +138,7 @@ type conn struct {
 	spare  []*frame // the previous batch's array, reused
 	queued int      // bytes in queue
 	state  writerState
-	// lastWrite is when the last batch went out (Unix ns): the start of the
+	// lastWrite is when the last batch went out (monotime): the start of the
 	// sweep that wrote it, or the own writer's write. due is when the
 	// next write is due, set as the connection is queued for its flusher.
 	lastWrite int64
@@ -308,10 +308,10 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 			c.ws.CloseNow()
 			return
 		}
-		c.lastWrite = time.Now().UnixNano()
+		c.lastWrite = monotime()
 	}
 	for {
-		if wait := time.Duration(c.lastWrite + int64(c.n.cfg.WriteDelay) - time.Now().UnixNano()); wait > 0 {
+		if wait := time.Duration(c.lastWrite + int64(c.n.cfg.WriteDelay) - monotime()); wait > 0 {
 			time.Sleep(wait)
 		}
 		c.mu.Lock()
@@ -344,7 +344,7 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 				c.ws.CloseNow()
 				return
 			}
-			c.lastWrite = time.Now().UnixNano()
+			c.lastWrite = monotime()
 			clear(batch) // let the frames go
 			c.mu.Lock()
 			c.spare = batch[:0]
@@ -451,7 +451,7 @@ func (c *conn) onPingTimer() {
 		c.pinger.Reset(max(c.n.cfg.PingInterval-c.n.cfg.PongTimeout, c.n.cfg.PingInterval/2))
 		return
 	}
-	c.pingSent = time.Now().UnixNano()
+	c.pingSent = monotime()
 	if _, err := c.nc.Write(pingFrame); err != nil {
 		c.close(errPongTimeout)
 		return
@@ -461,7 +461,7 @@ func (c *conn) onPingTimer() {
 
 // pong records a pong from the client; coder/websocket calls it from the
 // reader.
-func (c *conn) pong(context.Context, []byte) { c.lastPong.Store(time.Now().UnixNano()) }
+func (c *conn) pong(context.Context, []byte) { c.lastPong.Store(monotime()) }
 
 // closeCode is the close code of a connection that ended with err: the
 // server's own cause, or what the peer sent.

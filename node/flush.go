@@ -39,14 +39,14 @@ type flusher struct {
 	queued  []*conn // connections with something to write
 	spare   []*conn // the previous sweep's array, reused
 	running bool    // a goroutine runs sweeps
-	next    int64   // while it waits: when it looks at queued again (Unix ns)
+	next    int64   // while it waits: when it looks at queued again (monotime)
 }
 
 func newFlusher(delay time.Duration) *flusher {
 	return &flusher{delay: delay, wake: make(chan struct{}, 1)}
 }
 
-// add queues c, whose write is due at due (Unix ns), starting the sweeps
+// add queues c, whose write is due at due (monotime), starting the sweeps
 // if none run and waking them if c is due before they look again. The
 // caller holds c.mu (lock order: conn.mu, then flusher.mu).
 func (f *flusher) add(c *conn, due int64) {
@@ -66,6 +66,13 @@ func (f *flusher) add(c *conn, due int64) {
 	f.mu.Unlock()
 }
 
+// monotime is the node's clock for pacing writes and pings: nanoseconds
+// since the process started, from the monotonic clock, so that a step of
+// the wall clock neither holds writes back nor fails pongs.
+func monotime() int64 { return int64(time.Since(processStart)) }
+
+var processStart = time.Now()
+
 // sweepSlack: a sweep also takes the connections due within this part of
 // WriteDelay, so that connections due at nearly the same time share it.
 const sweepSlack = 4
@@ -83,7 +90,7 @@ func (f *flusher) run() {
 			f.mu.Unlock()
 			return
 		}
-		now := time.Now().UnixNano()
+		now := monotime()
 		horizon := now + int64(f.delay)/sweepSlack
 		sweep, keep := f.spare[:0], f.queued[:0]
 		next := int64(math.MaxInt64)
