@@ -213,11 +213,11 @@ func (r *runner) attach(s *leanSub, c *conn) error {
 	s.c = c
 	l := r.lean.loops[r.lean.next.Add(1)%uint64(len(r.lean.loops))]
 	now := r.clk.now()
-	if rest, ok := s.frames(r, s.pending, now); !ok {
+	rest, ok := s.frames(r, s.pending, now)
+	if !ok {
 		return errors.New("lean subscriber: ended during the handshake")
-	} else {
-		s.pending = append(s.pending[:0], rest...)
 	}
+	s.pending = append(s.pending[:0], rest...) // rest lies in s.pending: append moves it
 	l.mu.Lock()
 	l.subs[s.fd] = s
 	l.mu.Unlock()
