@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -390,8 +391,10 @@ type writev struct {
 	hdrs   []byte
 	joins  []byte
 	iov    iovecs // writevNonblock's
-	frames int    // messages in bufs
-	bytes  int    // their payload bytes
+	errno  syscall.Errno
+	write  func(fd uintptr) bool // calls writevNonblock, for RawConn.Write
+	frames int                   // messages in bufs
+	bytes  int                   // their payload bytes
 }
 
 var writevPool = sync.Pool{New: func() any { return new(writev) }}

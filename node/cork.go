@@ -75,19 +75,23 @@ func (c *wsConn) tryWriteBuffers(w *writev) (done, locked bool, err error) {
 		return false, false, nil
 	}
 	c.refreshDeadline() // a deadline in the past would fail the write
-	var errno syscall.Errno
-	err = c.raw.Write(func(fd uintptr) bool {
-		errno = writevNonblock(fd, w)
-		return true
-	})
+	if w.write == nil {
+		// Made once per writev, not per call: a closure passed to
+		// RawConn.Write escapes.
+		w.write = func(fd uintptr) bool {
+			w.errno = writevNonblock(fd, w)
+			return true
+		}
+	}
+	err = c.raw.Write(w.write)
 	switch {
-	case err == nil && errno == 0:
+	case err == nil && w.errno == 0:
 		c.mu.Unlock()
 		return true, false, nil
-	case err == nil && errno == syscall.EAGAIN:
+	case err == nil && w.errno == syscall.EAGAIN:
 		return false, true, nil
 	case err == nil:
-		err = errno
+		err = w.errno
 	}
 	c.mu.Unlock()
 	return false, false, err
