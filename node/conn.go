@@ -161,24 +161,39 @@ const (
 
 // enqueue puts f in the outbound queue, scheduling a write if none is due.
 // It never blocks: a full queue closes the connection as a slow consumer.
-func (c *conn) enqueue(f *frame) {
+func (c *conn) enqueue(f *frame) { c.enqueueAt(f, nil, 0) }
+
+// enqueueAt is enqueue, but when w is not nil and the connection's write
+// is due at now (monotime), it writes at once on the calling goroutine,
+// without blocking, with w as scratch space, rather than waking the
+// flusher: for a small fan-out the hand-off to another thread costs about
+// as much as the write. It reports whether it kept w (see flush).
+func (c *conn) enqueueAt(f *frame, w *writev, now int64) (kept bool) {
 	c.mu.Lock()
 	if c.cause != nil {
 		c.mu.Unlock()
-		return
+		return true
 	}
 	if len(c.queue) >= c.n.cfg.QueueMessages || c.queued+len(f.data) > c.n.cfg.QueueBytes {
 		c.closeLocked(errSlowConsumer)
 		c.mu.Unlock()
 		c.n.metrics.slowConsumers.Inc()
-		return
+		return true
 	}
 	c.queue = append(c.queue, f)
 	c.queued += len(f.data)
-	if c.state == writerIdle {
-		c.queueLocked()
+	if c.state != writerIdle {
+		c.mu.Unlock()
+		return true
 	}
+	if w == nil || c.lastWrite+int64(c.n.cfg.WriteDelay) > now {
+		c.queueLocked()
+		c.mu.Unlock()
+		return true
+	}
+	c.state = writerQueued // as if a sweep had come to it
 	c.mu.Unlock()
+	return c.flush(w, now)
 }
 
 // open marks the WebSocket ready for writing and sends what was queued
