@@ -249,3 +249,16 @@ func TestSecondSignal(t *testing.T) {
 		t.Errorf("relay exited %d after a second signal, want 1", code)
 	}
 }
+
+// The node sets the GC target to 25 unless GOGC is set (DEPLOY.md).
+func TestGCTarget(t *testing.T) {
+	for _, tt := range []struct {
+		gogc string
+		want float64
+	}{{"", 25}, {"80", 80}} {
+		r := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "GOGC="+tt.gogc)
+		if got := testenv.Metrics(t, "http://"+r.Addr)["go_gc_gogc_percent"]; got != tt.want {
+			t.Errorf("GOGC=%q: go_gc_gogc_percent = %v, want %v", tt.gogc, got, tt.want)
+		}
+	}
+}
