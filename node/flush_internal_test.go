@@ -26,6 +26,8 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.flushers = []*flusher{newFlusher(delay)} // both connections on one
+	// Served as nodetest.Start does (it cannot be imported here): Serve's
+	// drain waits for the connections' writers at the end.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
