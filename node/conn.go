@@ -313,18 +313,8 @@ func (c *conn) flush(w *writev, now int64) (kept bool) {
 // due it sends (or drops) what is queued, closes the WebSocket and exits.
 func (c *conn) writeLoop(pending *writev, locked bool) {
 	defer c.writers.Done()
-	if pending != nil {
-		err := c.nc.writeBuffers(pending.rest, locked)
-		if err == nil {
-			c.countSent(pending)
-		}
-		pending.release()
-		if err != nil {
-			c.close(errWriteTimeout)
-			c.ws.CloseNow()
-			return
-		}
-		c.lastWrite = monotime()
+	if pending != nil && !c.writeRest(pending, locked) {
+		return
 	}
 	for {
 		if wait := time.Duration(c.lastWrite + int64(c.n.cfg.WriteDelay) - monotime()); wait > 0 {
@@ -350,17 +340,10 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 		if len(batch) > 0 {
 			w := writevPool.Get().(*writev)
 			c.buildBatch(w, batch)
-			err := c.nc.writeBuffers(w.bufs, false)
-			if err == nil {
-				c.countSent(w)
-			}
-			w.release()
-			if err != nil {
-				c.close(errWriteTimeout)
-				c.ws.CloseNow()
+			w.rest = w.bufs
+			if !c.writeRest(w, false) {
 				return
 			}
-			c.lastWrite = monotime()
 			clear(batch) // let the frames go
 			c.mu.Lock()
 			c.spare = batch[:0]
@@ -374,6 +357,24 @@ func (c *conn) writeLoop(pending *writev, locked bool) {
 		}
 		return
 	}
+}
+
+// writeRest writes w.rest, blocking within the write timeout (locked: the
+// caller holds the socket's lock), and puts w back in the pool. It reports
+// false when the write failed: the connection is then closed.
+func (c *conn) writeRest(w *writev, locked bool) bool {
+	err := c.nc.writeBuffers(w.rest, locked)
+	if err == nil {
+		c.countSent(w)
+		c.lastWrite = monotime()
+	}
+	w.release()
+	if err != nil {
+		c.close(errWriteTimeout)
+		c.ws.CloseNow()
+		return false
+	}
+	return true
 }
 
 // buildBatch fills w with the buffers of one writev of every frame of
