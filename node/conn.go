@@ -87,6 +87,7 @@ var (
 	errWriteTimeout = &closeError{protocol.CloseTryAgainLater, "write timeout", false}
 	errBrokerDown   = &closeError{protocol.CloseTryAgainLater, "broker unavailable, try again later", true}
 	errDraining     = &closeError{protocol.CloseServiceRestart, "service restart: reconnect to another node", true}
+	errInvalidUTF8  = &closeError{protocol.CloseInvalidData, "invalid UTF-8 in a text message", true}
 	// errPongTimeout ends a connection whose peer stopped answering; no
 	// close frame is sent (it would not be read), so 1006 is logged.
 	errPongTimeout = &closeError{websocket.StatusAbnormalClosure, "pong timeout", false}
@@ -436,11 +437,18 @@ func (w *writev) release() {
 func (c *conn) read() (websocket.MessageType, []byte, error) {
 	// Background: a context that can end would cost an allocation per read.
 	typ, data, err := c.ws.Read(context.Background())
-	if err == nil {
-		c.stats.received.Inc()
-		c.stats.receivedBytes.Add(float64(len(data)))
+	if err != nil {
+		return typ, data, err
 	}
-	return typ, data, err
+	c.stats.received.Inc()
+	c.stats.receivedBytes.Add(float64(len(data)))
+	// RFC 6455 8.1: a text message that is not UTF-8 fails the connection.
+	// Forwarded, it would make every strict client of the channel (browsers,
+	// Python's websockets) drop its own connection.
+	if typ == websocket.MessageText && !utf8.Valid(data) {
+		return typ, nil, errInvalidUTF8
+	}
+	return typ, data, nil
 }
 
 // startPings pings the client every PingInterval, the first time at a

@@ -297,10 +297,13 @@ func (n *Node) newConn(r *http.Request, m mode) *conn {
 // On failure, accept has answered the request.
 func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func(*conn) error) bool {
 	w.Header().Set("X-Relay-Node", n.id)
-	hw := &hijackWriter{ResponseWriter: w, timeout: n.cfg.WriteTimeout}
+	rw := &refusalWriter{ResponseWriter: w}
+	hw := &hijackWriter{ResponseWriter: rw, timeout: n.cfg.WriteTimeout}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{OriginPatterns: n.cfg.Origins, OnPongReceived: c.pong})
 	if err != nil {
-		n.log.Debug("upgrade refused", "remote", r.RemoteAddr, "err", err)
+		if !rw.answer(n) {
+			n.log.Debug("upgrade failed", "remote", r.RemoteAddr, "err", err)
+		}
 		return false
 	}
 	ws.SetReadLimit(n.cfg.MaxMessageBytes)

@@ -33,6 +33,7 @@ const (
 const (
 	CloseNormal          = 1000 // the client or server ended the session
 	CloseGoingAway       = 1001 // the server is shutting down at once
+	CloseInvalidData     = 1007 // a text message that is not valid UTF-8
 	ClosePolicyViolation = 1008 // forbidden, or too many bad commands
 	CloseMessageTooBig   = 1009 // a message over the size limit
 	CloseInternalError   = 1011 // an unexpected server error
