@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -163,12 +164,16 @@ type DialError struct {
 
 func (e *DialError) Error() string {
 	if e.Status == 0 {
-		return fmt.Sprintf("dial %s: %v", e.URL, e.Err)
+		var op *net.OpError
+		if errors.As(e.Err, &op) {
+			return fmt.Sprintf("cannot reach %s: %v", e.URL, op.Err)
+		}
+		return fmt.Sprintf("cannot reach %s: %v", e.URL, e.Err)
 	}
 	if e.Code != "" {
-		return fmt.Sprintf("dial %s: HTTP %d %s", e.URL, e.Status, e.Code)
+		return fmt.Sprintf("%s refused the connection: HTTP %d %v", e.URL, e.Status, e.Err)
 	}
-	return fmt.Sprintf("dial %s: HTTP %d", e.URL, e.Status)
+	return fmt.Sprintf("%s refused the connection: HTTP %d", e.URL, e.Status)
 }
 
 func (e *DialError) Unwrap() error { return e.Err }
@@ -686,6 +691,18 @@ func (c *Client) Ping(ctx context.Context) error {
 	}
 	_, err = s.call(ctx, protocol.Command{Cmd: protocol.CmdPing})
 	return err
+}
+
+// Done is closed when the client has stopped for good: after Close, or
+// when the node refused it in a way retrying cannot fix (see Err).
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err is why the client stopped: nil while it runs, ErrClosed after Close,
+// otherwise the refusal that stopped it (a *DialError, or the close).
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Node is the ID of the node the client is connected to, "" while it is
