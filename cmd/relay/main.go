@@ -65,6 +65,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(stderr)
 	case "healthcheck":
 		return healthcheck(stderr)
+	case "sub", "pub", "chat":
+		return clientCommand(cmd, args[1:], os.Stdin, stdout, stderr)
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
@@ -94,11 +96,14 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `Relay: a horizontally scaled WebSocket pub/sub node.
 
 Usage:
-  relay [serve]      run a node
-  relay healthcheck  exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
-  relay bench        load generator against any Relay deployment (relay bench -h)
-  relay version      print the version
-  relay --help       print this help
+  relay [serve]                 run a node
+  relay healthcheck             exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
+  relay sub CHANNEL...          print the messages of channels as they arrive (relay sub -h)
+  relay pub CHANNEL [MESSAGE]   publish MESSAGE, or each line of standard input, and wait for each ack
+  relay chat CHANNEL            send each line you type to a channel, print what others send
+  relay bench                   load generator against any Relay deployment (relay bench -h)
+  relay version                 print the version
+  relay --help                  print this help
 
 `)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -114,8 +119,9 @@ NAME	DEFAULT	MEANING
 
 // checkUnknown fails on a RELAY_ variable the configuration does not have,
 // a typo that would otherwise be ignored. Kubernetes' service links for a
-// Service named relay (RELAY_PORT, RELAY_SERVICE_HOST, …) are not ours and
-// are let through.
+// Service named relay (RELAY_PORT, RELAY_SERVICE_HOST, …) and the client
+// subcommands' RELAY_URL and RELAY_TOKEN are not the node's and are let
+// through.
 func checkUnknown(environ []string) error {
 	var keys strings.Builder
 	envconfig.Usagef(prefix, &config{}, &keys, "{{range .}}{{usage_key .}}\n{{end}}")
@@ -134,9 +140,10 @@ func checkUnknown(environ []string) error {
 }
 
 // isServiceLink reports whether k is one of the variables Kubernetes sets
-// for a Service named relay.
+// for a Service named relay, or one of the client subcommands'.
 func isServiceLink(k string) bool {
-	return k == "RELAY_PORT" || strings.HasPrefix(k, "RELAY_PORT_") || strings.HasPrefix(k, "RELAY_SERVICE_")
+	return k == "RELAY_PORT" || strings.HasPrefix(k, "RELAY_PORT_") || strings.HasPrefix(k, "RELAY_SERVICE_") ||
+		k == envURL || k == envToken // the client subcommands
 }
 
 // loadConfig reads and validates the configuration.
