@@ -446,9 +446,9 @@ func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) erro
 	for _, p := range r.pubs {
 		wg.Go(func() { p.run(r, stop) })
 	}
-	defer func() { close(stop); wg.Wait() }()
 	pubsDone := make(chan struct{})
 	go func() { wg.Wait(); close(pubsDone) }()
+	defer func() { close(stop); <-pubsDone }() // the publishers and their waiter
 
 	pr.setPhase("warm-up")
 	if !r.sleepUntil(ctx, r.win.start.Load()) {
