@@ -42,8 +42,16 @@ type runner struct {
 }
 
 func (r *runner) channelName(i int) string {
-	return fmt.Sprintf("%s.%s.%d", r.cfg.ChannelPrefix, r.runID, i)
+	return channelName(r.cfg.ChannelPrefix, r.runID, i)
 }
+
+// channelName names channel i of the run runID: PREFIX.RUNID.N.
+func channelName(prefix, runID string, i int) string {
+	return fmt.Sprintf("%s.%s.%d", prefix, runID, i)
+}
+
+// runIDLen is the length of a run ID: 4 random bytes in hex.
+const runIDLen = 8
 
 // Run performs one run of cfg and returns its result. progress, when not
 // nil, gets a line a second. The result is returned also when the run was
@@ -58,7 +66,7 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	limit, lerr := raiseFileLimit()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	id := make([]byte, 4)
+	id := make([]byte, runIDLen/2)
 	_, _ = rand.Read(id)
 	shards := max(4, 2*runtime.GOMAXPROCS(0))
 	r := &runner{
