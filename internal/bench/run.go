@@ -90,8 +90,13 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	}
 	// When the run is cut short, drop every connection at once: a write
 	// blocked on a server that stopped reading returns only then.
-	stopAbort := context.AfterFunc(ctx, r.abortAll)
-	defer stopAbort()
+	aborted := make(chan struct{})
+	stopAbort := context.AfterFunc(ctx, func() { r.abortAll(); close(aborted) })
+	defer func() {
+		if !stopAbort() {
+			<-aborted
+		}
+	}()
 	pr := newProgress(progress, r)
 	stopProgress := pr.start("connect")
 	var err error
@@ -332,12 +337,18 @@ func (r *runner) closeAll(graceful bool) {
 	r.mu.Unlock()
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	dropped := make(chan struct{})
 	deadline := time.AfterFunc(10*time.Second, func() {
 		for _, c := range conns {
 			c.closeNow()
 		}
+		close(dropped)
 	})
-	defer deadline.Stop()
+	defer func() {
+		if !deadline.Stop() {
+			<-dropped
+		}
+	}()
 	for range min(256, len(conns)) {
 		wg.Go(func() {
 			for {

@@ -119,9 +119,11 @@ func Dial(ctx context.Context, addr, uri string, o Options) (net.Conn, *http.Res
 	if deadline, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(deadline)
 	}
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { nc.Close(); close(closed) })
 	resp, rest, err := Handshake(nc, addr, uri, o.Header)
-	if !stop() {
+	if !stop() { // ctx ended: nc is (being) closed
+		<-closed
 		err = errors.Join(err, context.Cause(ctx))
 	}
 	if err != nil {
