@@ -29,7 +29,7 @@ const Timeout = 10 * time.Second
 // default tags of node.Config) with the test overrides below applied.
 // TestConfigDefaults pins that no other field differs from its tag.
 func Config() node.Config {
-	cfg := tagDefaults()
+	cfg := tagDefaults[node.Config]()
 	// Loopback, on a free port: tests never listen beyond the machine.
 	cfg.Addr = "127.0.0.1:0"
 	// A node stops at once at the end of a test, closing its connections
@@ -45,12 +45,20 @@ func Config() node.Config {
 	return cfg
 }
 
-// tagDefaults returns a node.Config whose fields hold the values of their
-// default tags, decoded as envconfig decodes them; fields without a tag
-// are zero. It panics on a tag it cannot decode: TestConfigDefaults finds
-// that before any other test.
-func tagDefaults() node.Config {
-	var cfg node.Config
+// RedisConfig returns the Redis broker configuration of cmd/relay's
+// defaults (the default tags of pubsub.RedisConfig) for the Redis at url.
+func RedisConfig(url string) pubsub.RedisConfig {
+	cfg := tagDefaults[pubsub.RedisConfig]()
+	cfg.URL = url
+	return cfg
+}
+
+// tagDefaults returns a T whose fields hold the values of their default
+// tags, decoded as envconfig decodes them; fields without a tag are zero.
+// It panics on a tag it cannot decode: TestConfigDefaults finds that
+// before any other test.
+func tagDefaults[T any]() T {
+	var cfg T
 	v := reflect.ValueOf(&cfg).Elem()
 	for i := range v.NumField() {
 		f := v.Type().Field(i)
@@ -59,7 +67,7 @@ func tagDefaults() node.Config {
 			continue
 		}
 		if err := decodeDefault(v.Field(i), def); err != nil {
-			panic(fmt.Sprintf("nodetest: node.Config.%s: default %q: %v", f.Name, def, err))
+			panic(fmt.Sprintf("nodetest: %v.%s: default %q: %v", v.Type(), f.Name, def, err))
 		}
 	}
 	return cfg
@@ -117,7 +125,7 @@ func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		b, err := pubsub.NewRedis(RedisConfig(redisURL), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
