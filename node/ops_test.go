@@ -1,7 +1,6 @@
 package node_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
+	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -118,21 +118,10 @@ func TestPingTimeout(t *testing.T) {
 	live := nodetest.Dial(t, s.WS+"/ws/ping", nil)
 	live.CloseRead(context.Background()) // reads, so answers pings
 
-	nc, err := net.Dial("tcp", strings.TrimPrefix(s.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	io.WriteString(nc, "GET /ws/ping HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("handshake: %v %v", resp, err)
-	}
+	nc := testenv.DialWebSocket(t, strings.TrimPrefix(s.URL, "http://"), "/ws/ping", wsclient.Options{})
 	// Silent from now on: read (the node's pings arrive) but never answer.
 	nc.SetReadDeadline(time.Now().Add(nodetest.Timeout))
-	_, err = io.Copy(io.Discard, br)
+	_, err := io.Copy(io.Discard, nc)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("silent peer still connected after %v", nodetest.Timeout)

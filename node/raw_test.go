@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
+	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -213,10 +214,7 @@ func TestBadInput(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			req, _ := http.NewRequest("GET", s.URL+tt.path, nil)
 			if tt.upgrade {
-				req.Header.Set("Connection", "Upgrade")
-				req.Header.Set("Upgrade", "websocket")
-				req.Header.Set("Sec-WebSocket-Version", "13")
-				req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+				wsclient.SetUpgrade(req.Header, wsclient.NewKey())
 			}
 			status, code := doJSON(t, req)
 			if status != tt.status || code != tt.code {

@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -238,23 +239,37 @@ func serve(stderr io.Writer) int {
 		return 2
 	}
 	if cfg.PprofAddr != "" {
-		if err := servePprof(cfg.PprofAddr, log); err != nil {
+		stopPprof, err := servePprof(cfg.PprofAddr, log)
+		if err != nil {
 			fmt.Fprintln(stderr, "relay: RELAY_PPROF_ADDR:", err)
 			return 2
 		}
+		defer stopPprof() // after the node's drain, which it may profile
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		sig := <-sigs
-		log.Info("signal: draining; a second signal exits at once", "signal", sig.String())
-		cancel()
-		<-sigs
-		log.Warn("second signal: exiting without draining")
-		os.Exit(1)
-	}()
+	defer signal.Stop(sigs)
+	stopped := make(chan struct{}) // serve is returning: the watcher ends
+	var watcher sync.WaitGroup
+	defer watcher.Wait()
+	defer close(stopped)
+	watcher.Go(func() {
+		select {
+		case sig := <-sigs:
+			log.Info("signal: draining; a second signal exits at once", "signal", sig.String())
+			cancel()
+		case <-stopped:
+			return
+		}
+		select {
+		case <-sigs:
+			log.Warn("second signal: exiting without draining")
+			os.Exit(1)
+		case <-stopped:
+		}
+	})
 	if err := n.Run(ctx); err != nil {
 		log.Error("node stopped", "err", err)
 		return 1
@@ -302,20 +317,49 @@ func healthcheck(stderr io.Writer) int {
 	return 0
 }
 
-// servePprof serves Go's profiles on their own listener, for the life of
-// the process.
-func servePprof(addr string, log *slog.Logger) error {
+// servePprof serves Go's profiles on their own listener until stop is
+// called. stop ends the profiles under way (their requests' context is
+// cancelled), shuts the server down and waits for it and for every
+// connection's goroutine.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	base, cancel := context.WithCancel(context.Background())
+	var conns sync.WaitGroup // one per connection, from Serve's own goroutine
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.With("component", "pprof").Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return base },
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				conns.Done()
+			}
+		},
+	}
 	log.Warn("serving Go profiles; keep this address private", "pprof", "http://"+ln.Addr().String()+"/debug/pprof/")
-	go srv.Serve(ln)
-	return nil
+	var served sync.WaitGroup
+	served.Go(func() { srv.Serve(ln) })
+	return func() {
+		cancel()
+		ctx, done := context.WithTimeout(context.Background(), 5*time.Second)
+		defer done()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close() // a client that does not read its profile
+		}
+		served.Wait()
+		conns.Wait()
+	}, nil
 }

@@ -10,14 +10,16 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+	"go.uber.org/goleak"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		testenv.Cleanup()
+		os.Exit(code)
+	}))
 }
 
 // python runs a script of testdata with the Python websockets client and

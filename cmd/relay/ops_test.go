@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
+	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node/nodetest"
 )
 
@@ -218,11 +218,7 @@ func TestSlowConsumer(t *testing.T) {
 // that a client that does not read pushes back at once.
 func dialSmallBuffer(t *testing.T, url string) *websocket.Conn {
 	t.Helper()
-	d := &net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-		return errors.Join(err, serr)
-	}}
+	d := &net.Dialer{Control: wsclient.ReadBufferControl(4096)}
 	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
 	defer cancel()
 	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}})

@@ -2,9 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"crypto/sha1"
-	"encoding/base64"
-	"encoding/binary"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -12,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/relay-pubsub/relay/internal/wsclient"
 )
 
 // blaster is a minimal WebSocket server that, once a client connects,
@@ -26,30 +25,14 @@ type blaster struct {
 }
 
 func newBlaster(tb testing.TB, count int, payload []byte) *blaster {
-	b := &blaster{count: count, frame: serverFrame(0x1, payload)}
+	b := &blaster{count: count, frame: wsclient.AppendFrame(nil, wsclient.OpText, payload, false)}
 	b.srv = httptest.NewServer(http.HandlerFunc(b.serve))
 	tb.Cleanup(func() { b.srv.Close(); b.wg.Wait() })
 	return b
 }
 
-// serverFrame builds an unmasked server-to-client frame.
-func serverFrame(opcode byte, payload []byte) []byte {
-	f := []byte{0x80 | opcode}
-	switch n := len(payload); {
-	case n < 126:
-		f = append(f, byte(n))
-	case n <= 0xffff:
-		f = append(f, 126, byte(n>>8), byte(n))
-	default:
-		f = append(f, 127)
-		f = binary.BigEndian.AppendUint64(f, uint64(n))
-	}
-	return append(f, payload...)
-}
-
 func (b *blaster) serve(w http.ResponseWriter, r *http.Request) {
-	key := r.Header.Get("Sec-WebSocket-Key")
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	accept := wsclient.AcceptKey(r.Header.Get("Sec-WebSocket-Key"))
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return
@@ -58,7 +41,7 @@ func (b *blaster) serve(w http.ResponseWriter, r *http.Request) {
 	defer b.wg.Done()
 	defer conn.Close()
 	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"X-Relay-Node: blaster\r\nSec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n")
+		"X-Relay-Node: blaster\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n")
 	brw.Flush()
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	for range b.count {
@@ -66,7 +49,7 @@ func (b *blaster) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	bw.Write(serverFrame(0x8, []byte{0x03, 0xe8})) // close 1000
+	bw.Write(wsclient.AppendFrame(nil, wsclient.OpClose, []byte{0x03, 0xe8}, false)) // close 1000
 	bw.Flush()
 	// Wait for the client's close frame, then hang up.
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))

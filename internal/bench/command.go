@@ -11,6 +11,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"time"
+
+	"github.com/relay-pubsub/relay/node/protocol"
 )
 
 // Scenario names.
@@ -222,16 +224,11 @@ func (c *Config) fill() error {
 	if c.Timeout == 0 {
 		c.Timeout = c.Warmup + c.Duration + c.Drain + 2*time.Minute
 	}
-	for _, r := range c.ChannelPrefix {
-		if !validChannelRune(r) {
-			return fmt.Errorf("-channel-prefix %q: allowed characters are A-Z a-z 0-9 _ - : . @ / =", c.ChannelPrefix)
-		}
+	// The node's own rule, on the longest name the run uses.
+	if err := protocol.ValidChannel(channelName(c.ChannelPrefix, strings.Repeat("0", runIDLen), c.Channels-1)); err != nil {
+		return fmt.Errorf("-channel-prefix %q: %w", c.ChannelPrefix, err)
 	}
 	return nil
-}
-
-func validChannelRune(r rune) bool {
-	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-:.@/=", r)
 }
 
 // Command runs `relay bench` with args (without "bench"). It writes the

@@ -16,6 +16,8 @@ import (
 	"syscall"
 
 	"github.com/coder/websocket"
+
+	"github.com/relay-pubsub/relay/node/protocol"
 )
 
 // bg is the context of every Reader and Write on an established
@@ -167,7 +169,7 @@ func (r *runner) dial(ctx context.Context, base *url.URL, channel string) (*webs
 func (r *runner) subscribe(ctx context.Context, c *websocket.Conn, channel string, rcv *receiver) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
 	defer cancel()
-	cmd := appendCommand(nil, 1, "subscribe", channel, false)
+	cmd := appendCommand(nil, 1, protocol.CmdSubscribe, channel, nil)
 	if err := c.Write(ctx, websocket.MessageText, cmd); err != nil {
 		r.dialErrors.add("subscribe: "+errorClass(err, nil), 1)
 		return err

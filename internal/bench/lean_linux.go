@@ -1,11 +1,7 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,12 +10,13 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/relay-pubsub/relay/internal/wsclient"
 )
 
 // leanSupported reports that raw-mode subscribers can be lean (below).
@@ -157,44 +154,24 @@ func (r *runner) dialLean(ctx context.Context, base *url.URL, channel string) (*
 func (r *runner) handshake(ctx context.Context, nc net.Conn, u *url.URL) (*leanSub, string, error) {
 	deadline, _ := ctx.Deadline()
 	nc.SetDeadline(deadline)
-	var nonce [16]byte
-	rand.Read(nonce[:])
-	key := base64.StdEncoding.EncodeToString(nonce[:])
-	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n", u.RequestURI(), u.Host)
-	fmt.Fprintf(&b, "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n", key)
+	var header http.Header
 	if r.cfg.Token != "" {
-		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", r.cfg.Token)
+		header = http.Header{"Authorization": {"Bearer " + r.cfg.Token}}
 	}
-	b.WriteString("\r\n")
-	if _, err := nc.Write([]byte(b.String())); err != nil {
-		r.dialErrors.add(errorClass(err, nil), 1)
-		return nil, "", err
-	}
-	br := bufio.NewReaderSize(nc, 4096)
-	resp, err := http.ReadResponse(br, nil)
+	resp, rest, err := wsclient.Handshake(nc, u.Host, u.RequestURI(), header)
 	if err != nil {
-		r.dialErrors.add(errorClass(err, nil), 1)
+		switch {
+		case resp == nil:
+			r.dialErrors.add(errorClass(err, nil), 1)
+		case resp.StatusCode != http.StatusSwitchingProtocols:
+			r.dialErrors.add(errorClass(nil, resp), 1)
+		default:
+			r.dialErrors.add("bad handshake", 1)
+		}
 		return nil, "", err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		r.dialErrors.add(errorClass(nil, resp), 1)
-		return nil, "", fmt.Errorf("handshake: %s", resp.Status)
-	}
-	sum := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	if resp.Header.Get("Sec-WebSocket-Accept") != base64.StdEncoding.EncodeToString(sum[:]) ||
-		!strings.EqualFold(resp.Header.Get("Upgrade"), "websocket") {
-		r.dialErrors.add("bad handshake", 1)
-		return nil, "", errors.New("handshake: bad Sec-WebSocket-Accept or Upgrade")
 	}
 	nc.SetDeadline(time.Time{})
-	s := &leanSub{nc: nc}
-	if n := br.Buffered(); n > 0 {
-		// Frames the server sent right after its answer.
-		p, _ := br.Peek(n)
-		s.pending = append(s.pending, p...)
-	}
+	s := &leanSub{nc: nc, pending: rest} // frames the server sent right after its answer
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nil, "", errors.New("lean subscriber: connection has no file descriptor")
@@ -269,44 +246,34 @@ func (s *leanSub) readable(r *runner, l *epollLoop, buf []byte, now int64) {
 // follows them; ok is false when the connection must end (a close frame,
 // or a frame a server may not send, recorded in r.closes).
 func (s *leanSub) frames(r *runner, data []byte, now int64) (rest []byte, ok bool) {
-	for len(data) >= 2 {
-		b0, b1 := data[0], data[1]
-		if b1&0x80 != 0 {
+	for len(data) > 0 {
+		h, hl := wsclient.ParseHeader(data)
+		if hl == 0 {
+			return data, true
+		}
+		if h.Masked {
 			s.fail(r, "abnormal: masked frame from the server")
 			return nil, false
 		}
-		size, hl := uint64(b1&0x7f), 2
-		switch size {
-		case 126:
-			if len(data) < 4 {
-				return data, true
-			}
-			size, hl = uint64(binary.BigEndian.Uint16(data[2:4])), 4
-		case 127:
-			if len(data) < 10 {
-				return data, true
-			}
-			size, hl = binary.BigEndian.Uint64(data[2:10]), 10
-		}
-		if size > readLimit {
+		if h.Len > readLimit {
 			s.fail(r, "abnormal: message too big")
 			return nil, false
 		}
-		if uint64(len(data)-hl) < size {
+		if uint64(len(data)-hl) < h.Len {
 			return data, true
 		}
-		payload := data[hl : hl+int(size)]
-		data = data[hl+int(size):]
-		switch op := b0 & 0x0f; {
-		case op == 0x1 || op == 0x2:
-			if b0&0x80 == 0 {
+		payload := data[hl : hl+int(h.Len)]
+		data = data[hl+int(h.Len):]
+		switch op := h.Op; {
+		case op == wsclient.OpText || op == wsclient.OpBinary:
+			if !h.Fin {
 				s.fail(r, "abnormal: fragmented message")
 				return nil, false
 			}
 			if s.c != nil && s.c.rcv != nil {
 				s.c.rcv.message(payload, now)
 			}
-		case op == 0x8:
+		case op == wsclient.OpClose:
 			code := 1005 // no status
 			if len(payload) >= 2 {
 				code = int(binary.BigEndian.Uint16(payload))
@@ -320,9 +287,9 @@ func (s *leanSub) frames(r *runner, data []byte, now int64) (rest []byte, ok boo
 			}
 			s.writeClose(code)
 			return nil, false
-		case op == 0x9:
-			s.write(0xA, payload)
-		case op == 0xA:
+		case op == wsclient.OpPing:
+			s.write(wsclient.OpPong, payload)
+		case op == wsclient.OpPong:
 		default:
 			s.fail(r, fmt.Sprintf("abnormal: opcode %#x", op))
 			return nil, false
@@ -372,29 +339,21 @@ func (s *leanSub) write(op byte, payload []byte) {
 	if s.closeSent || s.closed {
 		return
 	}
-	if op == 0x8 {
+	if op == wsclient.OpClose {
 		s.closeSent = true
 	}
-	var mask [4]byte
-	rand.Read(mask[:])
-	f := make([]byte, 0, 6+len(payload))
-	f = append(f, 0x80|op, 0x80|byte(len(payload)))
-	f = append(f, mask[:]...)
-	for i, c := range payload {
-		f = append(f, c^mask[i%4])
-	}
-	syscall.Write(int(s.fd), f)
+	syscall.Write(int(s.fd), wsclient.AppendFrame(nil, op, payload, true))
 }
 
 // writeClose sends a close frame with code, unless one was sent.
 func (s *leanSub) writeClose(code int) {
-	var p [2]byte
-	binary.BigEndian.PutUint16(p[:], uint16(code))
 	if code == 1005 {
-		s.write(0x8, nil)
+		s.write(wsclient.OpClose, nil)
 		return
 	}
-	s.write(0x8, p[:])
+	var p [2]byte
+	binary.BigEndian.PutUint16(p[:], uint16(code))
+	s.write(wsclient.OpClose, p[:])
 }
 
 // closeGraceful starts the close handshake; the loop ends the connection

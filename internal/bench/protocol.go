@@ -4,38 +4,35 @@ import (
 	"bytes"
 	"encoding/json"
 	"strconv"
+
+	"github.com/relay-pubsub/relay/node/protocol"
 )
 
-// Protocol mode frames. Commands are built by appending to reused buffers;
-// pushes are recognised by a scan for their "data" string so that the hot
-// path needs no JSON decoder. Anything the scan does not recognise goes
-// through encoding/json.
+// Protocol mode frames. Commands are encoded by node/protocol, as the
+// node decodes them, into reused buffers; pushes are recognised by a scan
+// for their "data" string so that the hot path needs no JSON decoder.
+// Replies, one per command, go through encoding/json.
 
-// appendCommand appends {"id":id,"cmd":cmd,"channel":channel} without the
-// closing brace when open is true, so that a publish can add its data.
-func appendCommand(dst []byte, id uint64, cmd, channel string, open bool) []byte {
-	dst = append(dst, `{"id":`...)
-	dst = strconv.AppendUint(dst, id, 10)
-	dst = append(dst, `,"cmd":"`...)
-	dst = append(dst, cmd...)
-	dst = append(dst, '"')
-	if channel != "" {
-		dst = append(dst, `,"channel":`...)
-		dst = strconv.AppendQuote(dst, channel)
-	}
-	if !open {
-		dst = append(dst, '}')
-	}
-	return dst
+// appendCommand appends the command cmd on channel (none when "") with
+// the numeric id and data (none when nil, else valid JSON) to dst.
+func appendCommand(dst []byte, id uint64, cmd, channel string, data []byte) []byte {
+	var idBuf [20]byte
+	return protocol.AppendCommand(dst, protocol.Command{
+		ID:      strconv.AppendUint(idBuf[:0], id, 10),
+		Cmd:     cmd,
+		Channel: channel,
+		Data:    data,
+	})
 }
 
 // appendPublish appends a publish command whose data is the JSON string of
-// the payload for h.
-func appendPublish(dst []byte, id uint64, channel string, h Header, size int) []byte {
-	dst = appendCommand(dst, id, "publish", channel, true)
-	dst = append(dst, `,"data":"`...)
-	dst = AppendPayload(dst, h, size)
-	return append(dst, `"}`...)
+// the payload for h to dst. data is scratch space for the JSON string,
+// returned for reuse.
+func appendPublish(dst, data []byte, id uint64, channel string, h Header, size int) (cmd, scratch []byte) {
+	data = append(data[:0], '"')
+	data = AppendPayload(data, h, size) // printable, nothing to escape
+	data = append(data, '"')
+	return appendCommand(dst, id, protocol.CmdPublish, channel, data), data
 }
 
 var dataKey = []byte(`"data"`)
@@ -71,39 +68,31 @@ func skipBlank(p []byte) []byte {
 	return p
 }
 
-// frame is one server frame of protocol mode, decoded the slow way.
-type frame struct {
-	ID     *uint64         `json:"id"`
-	Result json.RawMessage `json:"result"`
-	Error  *struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-	Channel string          `json:"channel"`
-	Data    json.RawMessage `json:"data"`
-}
-
 // reply is a decoded reply: the command id, and the error code or "".
 type reply struct {
 	id   uint64
 	code string
-	ok   bool // a well-formed reply
+	ok   bool // a well-formed reply to a command with a numeric id
 }
 
 // parseReply decodes a reply line. Replies are rare (one per command), so
 // encoding/json is fine here.
 func parseReply(line []byte) reply {
-	var f frame
-	if err := json.Unmarshal(line, &f); err != nil || f.ID == nil {
+	var rep protocol.Reply
+	if err := json.Unmarshal(line, &rep); err != nil || rep.ID == nil {
 		return reply{}
 	}
-	r := reply{id: *f.ID, ok: true}
-	if f.Error != nil {
-		r.code = f.Error.Code
+	id, err := strconv.ParseUint(string(rep.ID), 10, 64)
+	if err != nil {
+		return reply{}
+	}
+	r := reply{id: id, ok: true}
+	if rep.Error != nil {
+		r.code = string(rep.Error.Code)
 		if r.code == "" {
 			r.code = "unknown"
 		}
-	} else if f.Result == nil {
+	} else if rep.Result == nil {
 		r.ok = false
 	}
 	return r

@@ -8,7 +8,7 @@ import (
 
 func TestAppendPublishIsJSON(t *testing.T) {
 	h := Header{Stream: 2, Seq: 9, Sent: 77}
-	b := appendPublish(nil, 42, "bench.ab.0", h, 128)
+	b, _ := appendPublish(nil, nil, 42, "bench.ab.0", h, 128)
 	var cmd struct {
 		ID      uint64 `json:"id"`
 		Cmd     string `json:"cmd"`
@@ -23,6 +23,17 @@ func TestAppendPublishIsJSON(t *testing.T) {
 	}
 	if got, err := ParsePayload([]byte(cmd.Data)); err != nil || got != h {
 		t.Errorf("data decodes to %+v, %v; want %+v", got, err, h)
+	}
+}
+
+// A publish reuses its buffers: it allocates nothing once they are grown.
+func TestAppendPublishNoAlloc(t *testing.T) {
+	var buf, data []byte
+	n := testing.AllocsPerRun(100, func() {
+		buf, data = appendPublish(buf[:0], data, 7, "bench.ab.0", Header{Seq: 1}, 128)
+	})
+	if n != 0 {
+		t.Errorf("appendPublish allocates %v times per run, want 0", n)
 	}
 }
 

@@ -30,7 +30,9 @@ type publisher struct {
 	rate    float64
 	phase   time.Duration // when the first message goes, after the start
 
-	// Protocol mode: outstanding publishes by command id.
+	// Protocol mode: scratch space for a publish's data, used by run's
+	// goroutine only; outstanding publishes by command id.
+	data    []byte
 	mu      sync.Mutex
 	ring    []pending
 	nextID  uint64
@@ -147,7 +149,7 @@ func (p *publisher) publish(r *runner, s *stream, buf []byte) []byte {
 		id := p.nextID
 		p.ring[id%ringSize] = pending{id: id, stream: s, sent: h.Sent, inWin: inWin}
 		p.mu.Unlock()
-		buf = appendPublish(buf[:0], id, r.channelName(s.channel), h, r.cfg.Size)
+		buf, p.data = appendPublish(buf[:0], p.data, id, r.channelName(s.channel), h, r.cfg.Size)
 		err = p.conn.ws.Write(bg, websocket.MessageText, buf)
 	}
 	if err != nil {

@@ -42,8 +42,16 @@ type runner struct {
 }
 
 func (r *runner) channelName(i int) string {
-	return fmt.Sprintf("%s.%s.%d", r.cfg.ChannelPrefix, r.runID, i)
+	return channelName(r.cfg.ChannelPrefix, r.runID, i)
 }
+
+// channelName names channel i of the run runID: PREFIX.RUNID.N.
+func channelName(prefix, runID string, i int) string {
+	return fmt.Sprintf("%s.%s.%d", prefix, runID, i)
+}
+
+// runIDLen is the length of a run ID: 4 random bytes in hex.
+const runIDLen = 8
 
 // Run performs one run of cfg and returns its result. progress, when not
 // nil, gets a line a second. The result is returned also when the run was
@@ -58,7 +66,7 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	limit, lerr := raiseFileLimit()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	id := make([]byte, 4)
+	id := make([]byte, runIDLen/2)
 	_, _ = rand.Read(id)
 	shards := max(4, 2*runtime.GOMAXPROCS(0))
 	r := &runner{
@@ -82,8 +90,13 @@ func Run(ctx context.Context, cfg *Config, progress io.Writer) (*Result, error) 
 	}
 	// When the run is cut short, drop every connection at once: a write
 	// blocked on a server that stopped reading returns only then.
-	stopAbort := context.AfterFunc(ctx, r.abortAll)
-	defer stopAbort()
+	aborted := make(chan struct{})
+	stopAbort := context.AfterFunc(ctx, func() { r.abortAll(); close(aborted) })
+	defer func() {
+		if !stopAbort() {
+			<-aborted
+		}
+	}()
 	pr := newProgress(progress, r)
 	stopProgress := pr.start("connect")
 	var err error
@@ -324,12 +337,18 @@ func (r *runner) closeAll(graceful bool) {
 	r.mu.Unlock()
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	dropped := make(chan struct{})
 	deadline := time.AfterFunc(10*time.Second, func() {
 		for _, c := range conns {
 			c.closeNow()
 		}
+		close(dropped)
 	})
-	defer deadline.Stop()
+	defer func() {
+		if !deadline.Stop() {
+			<-dropped
+		}
+	}()
 	for range min(256, len(conns)) {
 		wg.Go(func() {
 			for {
@@ -446,9 +465,9 @@ func (r *runner) publishRun(ctx context.Context, res *Result, pr *progress) erro
 	for _, p := range r.pubs {
 		wg.Go(func() { p.run(r, stop) })
 	}
-	defer func() { close(stop); wg.Wait() }()
 	pubsDone := make(chan struct{})
 	go func() { wg.Wait(); close(pubsDone) }()
+	defer func() { close(stop); <-pubsDone }() // the publishers and their waiter
 
 	pr.setPhase("warm-up")
 	if !r.sleepUntil(ctx, r.win.start.Load()) {

@@ -332,6 +332,8 @@ func TestFlags(t *testing.T) {
 		{"-duration", "0s"},
 		{"fanout", "extra"},
 		{"-channel-prefix", "a b"},
+		{"-channel-prefix", "__relay"},                // reserved by the node
+		{"-channel-prefix", strings.Repeat("p", 250)}, // names over 255 bytes
 	} {
 		stdout.Reset()
 		if err := Command(t.Context(), args, &stdout, &stderr); err == nil {

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,22 +25,81 @@ import (
 // failure bound, never a measure of speed.
 const Timeout = 10 * time.Second
 
-// Config returns a node configuration with the defaults of cmd/relay.
+// Config returns the node configuration of cmd/relay's defaults (the
+// default tags of node.Config) with the test overrides below applied.
+// TestConfigDefaults pins that no other field differs from its tag.
 func Config() node.Config {
-	return node.Config{
-		Addr:            "127.0.0.1:0",
-		MaxMessageBytes: 64 << 10,
-		QueueMessages:   4096,
-		QueueBytes:      4 << 20,
-		WriteTimeout:    10 * time.Second,
-		WriteDelay:      20 * time.Millisecond,
-		PingInterval:    25 * time.Second,
-		PongTimeout:     10 * time.Second,
-		MaxConnections:  10000,
-		RawPublishRate:  1000,
-		RawPublishBurst: 1000,
+	cfg := tagDefaults[node.Config]()
+	// Loopback, on a free port: tests never listen beyond the machine.
+	cfg.Addr = "127.0.0.1:0"
+	// A node stops at once at the end of a test, closing its connections
+	// with 1012 without spreading them over 20 s; tests of draining set it.
+	cfg.DrainSeconds = 0
+	// Protocol-mode limits off: tests send commands and subscribe as fast
+	// and as often as they need; tests of the limits set them.
+	cfg.ProtoMaxChannels = 0
+	cfg.ProtoCommandRate = 0
+	cfg.ProtoCommandBurst = 0
+	cfg.ProtoMaxErrors = 0
+	cfg.ProtoErrorWindow = 0
+	return cfg
+}
+
+// RedisConfig returns the Redis broker configuration of cmd/relay's
+// defaults (the default tags of pubsub.RedisConfig) for the Redis at url.
+func RedisConfig(url string) pubsub.RedisConfig {
+	cfg := tagDefaults[pubsub.RedisConfig]()
+	cfg.URL = url
+	return cfg
+}
+
+// tagDefaults returns a T whose fields hold the values of their default
+// tags, decoded as envconfig decodes them; fields without a tag are zero.
+// It panics on a tag it cannot decode: TestConfigDefaults finds that
+// before any other test.
+func tagDefaults[T any]() T {
+	var cfg T
+	v := reflect.ValueOf(&cfg).Elem()
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		def, ok := f.Tag.Lookup("default")
+		if !ok {
+			continue
+		}
+		if err := decodeDefault(v.Field(i), def); err != nil {
+			panic(fmt.Sprintf("nodetest: %v.%s: default %q: %v", v.Type(), f.Name, def, err))
+		}
 	}
-	// Protocol-mode limits are left at 0 (none); tests of the limits set them.
+	return cfg
+}
+
+// decodeDefault sets fv from the default tag s, for the kinds node.Config
+// has.
+func decodeDefault(fv reflect.Value, s string) error {
+	if fv.Type() == reflect.TypeFor[time.Duration]() {
+		d, err := time.ParseDuration(s)
+		fv.SetInt(int64(d))
+		return err
+	}
+	switch fv.Kind() {
+	case reflect.String:
+		fv.SetString(s)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(s, 0, fv.Type().Bits())
+		fv.SetInt(n)
+		return err
+	case reflect.Float64:
+		x, err := strconv.ParseFloat(s, 64)
+		fv.SetFloat(x)
+		return err
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		fv.SetBool(b)
+		return err
+	default:
+		return fmt.Errorf("nodetest decodes no %v", fv.Type())
+	}
+	return nil
 }
 
 // Cluster starts n nodes named node-1 … node-n, each with its own Redis
@@ -64,7 +125,7 @@ func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		b, err := pubsub.NewRedis(RedisConfig(redisURL), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
