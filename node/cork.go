@@ -7,6 +7,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
+
+	"github.com/relay-pubsub/relay/node/protocol"
 )
 
 // Buffer sizes of a hijacked connection. net/http hands over 4 KiB for each
@@ -48,7 +51,29 @@ func (c *wsConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.refreshDeadline()
+	if badCloseEcho(p) {
+		if _, err := c.Conn.Write(closeInvalidReason); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	return c.Conn.Write(p)
+}
+
+// closeInvalidReason is the close frame 1007 "invalid UTF-8 in the close
+// reason".
+var closeInvalidReason = func() []byte {
+	const code, reason = protocol.CloseInvalidData, "invalid UTF-8 in the close reason"
+	return append([]byte{0x88, 2 + byte(len(reason)), code >> 8, code & 0xff}, reason...)
+}()
+
+// badCloseEcho reports whether p is a close frame whose reason is not
+// UTF-8. coder/websocket answers a client's close frame with the same code
+// and reason, without checking the reason; RFC 6455 7.1.6 and 8.1 say to
+// fail such a connection with 1007 instead, and strict clients drop a
+// close frame whose reason is not UTF-8.
+func badCloseEcho(p []byte) bool {
+	return len(p) > 4 && p[0] == 0x88 && int(p[1]) == len(p)-2 && !utf8.Valid(p[4:])
 }
 
 // writeBuffers writes bufs with one writev (a few past 1,024 buffers),
