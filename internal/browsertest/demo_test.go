@@ -110,11 +110,12 @@ func TestSharedTabs(t *testing.T) {
 	}
 }
 
-// startRelay runs a relay process on addr; without redisURL it uses the
-// embedded broker.
-func startRelay(t *testing.T, addr, id, redisURL string) *testenv.Relay {
+// startRelay runs a relay process on addr, with env added; without
+// redisURL it uses the embedded broker.
+func startRelay(t *testing.T, addr, id, redisURL string, env ...string) *testenv.Relay {
 	t.Helper()
-	return testenv.StartRelay(t, "RELAY_ADDR="+addr, "RELAY_NODE_ID="+id, "RELAY_REDIS_URL="+redisURL, "RELAY_DRAIN_SECONDS=1")
+	env = append([]string{"RELAY_ADDR=" + addr, "RELAY_NODE_ID=" + id, "RELAY_REDIS_URL=" + redisURL, "RELAY_DRAIN_SECONDS=1"}, env...)
+	return testenv.StartRelay(t, env...)
 }
 
 // startBrowser starts headless Chromium, stopped at the end of the test.
