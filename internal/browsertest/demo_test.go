@@ -103,11 +103,22 @@ func TestSharedTabs(t *testing.T) {
 	if got := testenv.Metrics(t, base)[`relay_connections{mode="proto"}`]; got != 2 {
 		t.Errorf("two shared tabs and one of its own: relay_connections{mode=\"proto\"} = %v, want 2", got)
 	}
-
 	ann.screenshot("demo-shared-tab.png")
 	for _, tab := range []*tab{ann, bob, cy} {
 		tab.checkConsole()
 	}
+
+	// The worker counts the tabs of a channel: bob's leaving keeps ann's
+	// subscription, and the last shared tab's leaving closes the shared
+	// connection. Nothing tells the test when the node has seen the close:
+	// it polls the node's metrics.
+	bob.close()
+	cy.say("bob has left")
+	ann.await(message("cy: bob has left"))
+	ann.close()
+	testenv.WaitFor(t, timeout, "the shared connection to close", func() bool {
+		return testenv.Metrics(t, base)[`relay_connections{mode="proto"}`] == 1
+	})
 }
 
 // startRelay runs a relay process on addr, with env added; without
@@ -140,9 +151,10 @@ func startBrowser(t *testing.T) context.Context {
 
 // tab is one page of the browser.
 type tab struct {
-	t   *testing.T
-	ctx context.Context
-	url string
+	t     *testing.T
+	ctx   context.Context
+	close context.CancelFunc // closes the tab
+	url   string
 
 	mu      sync.Mutex
 	console []chromedp.ConsoleMessage
@@ -153,7 +165,7 @@ func openTab(t *testing.T, browser context.Context, url string) *tab {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
 	t.Cleanup(cancel)
-	tb := &tab{t: t, ctx: ctx, url: url}
+	tb := &tab{t: t, ctx: ctx, close: cancel, url: url}
 	if err := chromedp.Do(ctx); err != nil { // opens the tab
 		t.Fatalf("open a tab: %v", err)
 	}

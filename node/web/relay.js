@@ -427,7 +427,8 @@ class Conn {
 
   /** @param {string} channel @param {any} data */
   async publish(channel, data) {
-    const ws = await this.whenReady();
+    let ws = await this.whenReady();
+    while (ws !== this.ws) ws = await this.whenReady(); // it ended meanwhile
     try {
       await this.call(ws, { cmd: 'publish', channel, data });
     } catch (err) {
@@ -452,6 +453,7 @@ class Conn {
    * @param {object} cmd
    */
   call(ws, cmd) {
+    if (ws !== this.ws) return Promise.reject(lost);
     return new Promise((resolve, reject) => {
       const id = ++this.nextID;
       this.pending.set(id, { resolve, reject });
@@ -603,6 +605,7 @@ class PortConn {
     this.closed = false;
     this.port.onmessage = (e) => {
       const m = e.data;
+      if (this.closed) return;
       if (m.op === 'event') {
         emit(m.event);
         if (m.event.type === 'closed') this.closed = true;
@@ -703,6 +706,12 @@ if (typeof SharedWorkerGlobalScope === 'function' && globalThis instanceof Share
       return;
     }
     for (const port of tabs.keys()) post(port, { op: 'event', event: e });
+    if (e.type === 'closed') {
+      // The connection stopped for good, and so did every tab's client;
+      // the next tab to come starts anew.
+      tabs.clear();
+      channels.clear();
+    }
   };
 
   /** @param {Message} m @param {MessagePort|null} [from] the publishing tab */
