@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"go.uber.org/goleak"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
 )
@@ -22,9 +23,15 @@ import (
 // timeout bounds every wait: a failure bound, never a measure of speed.
 const timeout = 60 * time.Second
 
+// TestMain removes the relay binary the tests built, and fails on a
+// goroutine left running (a tab's console reader, chromedp's own).
 func TestMain(m *testing.M) {
 	code := m.Run()
 	testenv.Cleanup()
+	if err := goleak.Find(); code == 0 && err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
 	os.Exit(code)
 }
 

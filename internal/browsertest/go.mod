@@ -6,6 +6,7 @@ require (
 	github.com/chromedp/chromedp v0.23.1
 	github.com/coder/websocket v1.8.15
 	github.com/relay-pubsub/relay v0.0.0
+	go.uber.org/goleak v1.3.0
 )
 
 require (
