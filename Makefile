@@ -7,7 +7,7 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 # deadline exceeded".
 FUZZTIME    ?= 100000x
 
-.PHONY: all build run test deps lint unit fuzz benchsmoke deploy-check compose-e2e bench clean
+.PHONY: all build run test deps lint unit fuzz benchsmoke deploy-check browser-check compose-e2e bench clean
 
 all: build
 
@@ -19,7 +19,7 @@ run:
 
 # Installs missing packages (as root), lints, runs the whole suite under the
 # race detector, then short fuzz passes.
-test: deps lint unit fuzz benchsmoke deploy-check compose-e2e
+test: deps lint unit fuzz benchsmoke deploy-check browser-check compose-e2e
 
 deps:
 	@internal/testenv/deps.sh
@@ -42,6 +42,16 @@ unit:
 deploy-check:
 	cd internal/deploytest && $(GO) vet ./... && $(GO) vet -tags compose ./... && $(STATICCHECK) -tags compose ./...
 	cd internal/deploytest && $(GO) test -count=1 ./...
+
+# relay.js and the demo page in headless Chromium (Debian's chromium, which
+# make deps installs): pages on two relay processes and one redis-server
+# chat, one node restarts, shared tabs hold one connection. A Go module of
+# its own (internal/browsertest), so chromedp stays out of the service's
+# go.mod. Screenshots of the page go to bin/browsertest/.
+browser-check:
+	cd internal/browsertest && $(GO) vet ./... && $(STATICCHECK) ./...
+	cd internal/browsertest && RELAY_ARTIFACTS_DIR=$(CURDIR)/bin/browsertest $(GO) test -race -count=1 -timeout 10m ./...
+	@echo "browser-check: screenshots in bin/browsertest/"
 
 # The real Dockerfile and docker-compose.yml, run for real with locally
 # built stand-ins of the upstream images (no registry is needed): three

@@ -42,7 +42,7 @@ type protoConn struct {
 	errs   errorWindow         // recent client errors
 }
 
-// serveProto is protocol mode: GET /ws[?echo=true][&batch=false].
+// serveProto is protocol mode: GET /ws[?echo=true][&batch=false][&hello=true].
 func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 	echo, err := queryBool(r, "echo")
 	if err != nil && isUpgrade(r) {
@@ -56,6 +56,11 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	hello, err := queryBool(r, "hello")
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		return
+	}
 	c := n.connect(w, r, modeProto)
 	if c == nil {
 		return
@@ -66,6 +71,9 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 		subs:   make(map[string]struct{}),
 		bucket: commandLimiter(n.cfg),
 		errs:   errorWindow{max: n.cfg.ProtoMaxErrors, window: n.cfg.ProtoErrorWindow},
+	}
+	if hello { // queued before the upgrade: the first object sent
+		c.enqueue(newFrame(websocket.MessageText, protocol.AppendHello(nil, n.id)))
 	}
 	if !n.accept(w, r, c, n.readProto) {
 		c.release()

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/relay-pubsub/relay/node/protocol"
+	"github.com/relay-pubsub/relay/node/web"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -24,6 +25,7 @@ func (n *Node) routes() {
 	mux.HandleFunc("GET /ws", n.serveProto)
 	mux.HandleFunc("GET /echo", n.serveEcho)
 	mux.HandleFunc("GET /{$}", n.serveRoot)
+	mux.HandleFunc("GET /relay.js", web.ServeScript)
 	mux.HandleFunc("GET /healthz", n.serveHealth)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	mux.Handle("/api/", newAPI(n)) // POST /api/publish[/batch], docs/API.md
@@ -235,15 +237,14 @@ func (n *Node) readEcho(c *conn) error {
 }
 
 // serveRoot answers GET /: a WebSocket upgrade there is the echo endpoint
-// (the tutorial's client dials ws://host:port/); a plain GET gets a short
-// page that says where to connect.
+// (the tutorial's client dials ws://host:port/); a plain GET gets the demo
+// chat page, built on relay.js.
 func (n *Node) serveRoot(w http.ResponseWriter, r *http.Request) {
 	if isUpgrade(r) {
 		n.serveEcho(w, r)
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprintf(w, "Relay node %s\n\nraw channel mode: ws://%s/ws/{channel}\nprotocol mode:    ws://%s/ws\necho:             ws://%s/echo\n", n.id, r.Host, r.Host, r.Host)
+	web.ServePage(w, r)
 }
 
 // queryBool parses the query parameter key: absent is false.

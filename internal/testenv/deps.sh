@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || need+=(python3-websockets)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 for extra in "$@"; do
   case "$extra" in
     docker) command -v /usr/bin/docker >/dev/null 2>&1 || need+=(docker.io)

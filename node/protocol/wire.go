@@ -152,3 +152,17 @@ func AppendString(dst []byte, s string) []byte {
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
+
+// Hello is the first object of a protocol-mode connection opened with
+// ?hello=true: it names the node that serves the connection, for clients
+// that cannot read the handshake's X-Relay-Node header (browsers).
+type Hello struct {
+	Node string `json:"node"`
+}
+
+// AppendHello appends the hello {"node":"<node>"} to dst.
+func AppendHello(dst []byte, node string) []byte {
+	dst = append(dst, `{"node":`...)
+	dst = AppendString(dst, node)
+	return append(dst, '}')
+}
