@@ -3,6 +3,7 @@
 //	relay [serve]      run a node (configured by RELAY_* variables)
 //	relay healthcheck  exit 0 if the local node answers /healthz
 //	relay bench        the load generator (relay bench -h)
+//	relay token        mint a token for trying things out (relay token -h)
 //	relay version      print the version
 //	relay --help       print the configuration table
 package main
@@ -77,6 +78,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "token":
+		return tokenCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
@@ -97,6 +100,7 @@ Usage:
   relay [serve]      run a node
   relay healthcheck  exit 0 if the node on RELAY_ADDR answers /healthz (for container health checks)
   relay bench        load generator against any Relay deployment (relay bench -h)
+  relay token        mint a token with RELAY_TOKEN_HMAC_SECRET (relay token -h)
   relay version      print the version
   relay --help       print this help
 
