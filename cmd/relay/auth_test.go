@@ -11,13 +11,16 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
@@ -226,5 +229,79 @@ func TestTokenRefusals(t *testing.T) {
 				t.Errorf("a log line shows a query string: %s", line)
 			}
 		}
+	}
+}
+
+// TestJWKSRotation: a relay process picks up a new key from its JWKS file
+// and URL without a restart, and refuses the tokens of a removed key.
+func TestJWKSRotation(t *testing.T) {
+	k1, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := func(kid string, k *rsa.PrivateKey) []byte {
+		j, err := jwkset.NewJWKFromKey(&k.PublicKey, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{KID: kid, ALG: jwkset.AlgRS256}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(jwkset.JWKSMarshal{Keys: []jwkset.JWKMarshal{j.Marshal()}})
+		return b
+	}
+	token := func(kid string, k *rsa.PrivateKey) string {
+		c := auth.Claims{Channels: []string{"chat:*"}}
+		c.Subject = "alice"
+		tok := jwt.NewWithClaims(jwt.SigningMethodRS256, c)
+		tok.Header["kid"] = kid
+		s, err := tok.SignedString(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	t1, t2 := token("k1", k1), token("k2", k2)
+	header := carrier{"raw header", "/ws/chat:1", "header"}
+
+	for _, src := range []string{"file", "url"} {
+		t.Run(src, func(t *testing.T) {
+			var env string
+			var publish func([]byte)
+			switch src {
+			case "file":
+				f := filepath.Join(t.TempDir(), "jwks.json")
+				publish = func(b []byte) {
+					os.WriteFile(f+".tmp", b, 0o600)
+					if err := os.Rename(f+".tmp", f); err != nil {
+						t.Fatal(err)
+					}
+				}
+				env = "RELAY_TOKEN_JWKS_FILE=" + f
+			case "url":
+				var mu sync.Mutex
+				var body []byte
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					mu.Lock()
+					defer mu.Unlock()
+					w.Write(body)
+				}))
+				t.Cleanup(srv.Close)
+				publish = func(b []byte) { mu.Lock(); body = b; mu.Unlock() }
+				env = "RELAY_TOKEN_JWKS_URL=" + srv.URL
+			}
+			publish(jwks("k1", k1))
+			n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", env, "RELAY_TOKEN_JWKS_REFRESH=1h")
+			testenv.WaitFor(t, 20*time.Second, "k1 accepted", func() bool { return try(t, n.Addr, header, t1).status == http.StatusSwitchingProtocols })
+
+			// The refresh interval is an hour: the unknown kid k2 makes
+			// the node read the key set early.
+			publish(jwks("k2", k2))
+			testenv.WaitFor(t, 20*time.Second, "k2 accepted", func() bool { return try(t, n.Addr, header, t2).status == http.StatusSwitchingProtocols })
+			if got := try(t, n.Addr, header, t1); got.reason != "unknown_key" {
+				t.Errorf("a token of the removed key: %+v, want 401 unknown_key", got)
+			}
+		})
 	}
 }
