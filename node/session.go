@@ -220,6 +220,19 @@ func (s *session) fire(c *conn) {
 // clientID is c's id in the cluster: node id, slash, connection number.
 func (c *conn) clientID() string { return c.n.id + "/" + strconv.FormatUint(c.id, 10) }
 
+// parseClientID splits a client id into its node id and connection number.
+func parseClientID(id string) (node string, conn uint64, ok bool) {
+	i := strings.LastIndexByte(id, '/')
+	if i <= 0 || i > 255 {
+		return "", 0, false
+	}
+	conn, err := strconv.ParseUint(id[i+1:], 10, 64)
+	if err != nil || conn == 0 {
+		return "", 0, false
+	}
+	return id[:i], conn, true
+}
+
 // runConnect runs a connect command: it authenticates a connection that
 // sent no token with its upgrade, and tells the client its id.
 func (n *Node) runConnect(c *conn, cmd protocol.Command) (json.RawMessage, *protocol.Error) {
