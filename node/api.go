@@ -114,11 +114,13 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound,
 			"the HTTP API is off on this node: set RELAY_API_KEY to turn it on")
 	}
-	var batch bool
+	var batch, disconnect bool
 	switch r.URL.Path {
 	case "/api/publish":
 	case "/api/publish/batch":
 		batch = true
+	case "/api/disconnect":
+		disconnect = true
 	default:
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}
@@ -157,6 +159,9 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 				"the body did not arrive within %v", apiTimeout)
 		}
 		return nil, newAPIError(http.StatusBadRequest, protocol.CodeBadRequest, "reading the body: %v", err)
+	}
+	if disconnect {
+		return a.disconnect(ctx, body)
 	}
 	if !batch {
 		msg, err := a.decodeMessage(body, "")

@@ -120,6 +120,8 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	n.logStart(ln.Addr())
 	stopAuth := n.runAuth()
 	defer stopAuth()
+	stopControl := n.runControl()
+	defer stopControl()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error

@@ -116,6 +116,8 @@ func tokenError(err error) *protocol.Error {
 // the expiry timer's state is under mu.
 type session struct {
 	id *auth.Identity
+	// name is id.User, readable by any goroutine under mu (user).
+	name string
 	// upgradeToken: the upgrade carried a token; connected: connect ran.
 	upgradeToken, connected bool
 	// rawPublish: a raw-mode connection may publish to its channel.
@@ -151,6 +153,13 @@ func (s *session) start(c *conn) {
 	}
 }
 
+// user returns the connection's user; any goroutine may call it.
+func (s *session) user() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.name
+}
+
 // stop stops the timer for good.
 func (s *session) stop() {
 	s.mu.Lock()
@@ -181,6 +190,7 @@ func (s *session) setIdentity(c *conn, id *auth.Identity) {
 	s.id = id
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.name = id.User
 	if id.Expires.IsZero() {
 		s.phase = phaseNone
 		if s.timer != nil {
@@ -312,7 +322,7 @@ func (n *Node) admitToken(w http.ResponseWriter, r *http.Request, m mode, channe
 		n.refuseToken(w, err)
 		return nil
 	}
-	s.id = id
+	s.id, s.name = id, id.User
 	if m == modeRaw {
 		if !id.MaySubscribe(n.namespaces, channel) {
 			n.refuse(w, http.StatusForbidden, protocol.CodeForbidden, fmt.Sprintf("not allowed to subscribe to %q", channel))

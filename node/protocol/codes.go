@@ -43,6 +43,7 @@ const (
 	CloseTokenExpired  = 4001 // the token's exp passed (and no refresh came in time)
 	CloseTokenInvalid  = 4002 // connect with a missing or refused token
 	CloseConnectNeeded = 4003 // no token and no connect command in time
+	CloseDisconnected  = 4004 // the backend disconnected the user (POST /api/disconnect)
 )
 
 // Error is the body of every error: an HTTP error response, or the "error"
