@@ -161,6 +161,13 @@ func TestTokenRefused(t *testing.T) {
 		t.Fatalf("connect with an expired token: %+v, want unauthorized expired", r)
 	}
 	expectClose(t, p.ws, protocol.CloseTokenInvalid)
+
+	m := testenv.Metrics(t, s.URL)
+	for reason, want := range map[string]float64{"missing": 2, "expired": 4, "malformed": 3} {
+		if got := m[`relay_tokens_refused_total{reason="`+reason+`"}`]; got != want {
+			t.Errorf("relay_tokens_refused_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
 }
 
 // TestPermissions: a user with channels chat:* and user:{sub} subscribes

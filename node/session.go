@@ -98,12 +98,20 @@ func (n *Node) authenticate(r *http.Request) (*auth.Identity, error) {
 // refuseToken answers an upgrade whose token was refused with 401 and a
 // JSON body naming the reason.
 func (n *Node) refuseToken(w http.ResponseWriter, err error) {
+	n.metrics.tokensRefused.WithLabelValues(string(auth.ReasonOf(err))).Inc()
 	w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
 	n.metrics.refused.WithLabelValues(strconv.Itoa(http.StatusUnauthorized)).Inc()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusUnauthorized)
 	json.NewEncoder(w).Encode(tokenError(err))
+}
+
+// tokenRefused counts a token refused by a command and returns its error
+// reply.
+func (n *Node) tokenRefused(err error) *protocol.Error {
+	n.metrics.tokensRefused.WithLabelValues(string(auth.ReasonOf(err))).Inc()
+	return tokenError(err)
 }
 
 // tokenError is the error body or reply of a refused token.
@@ -257,12 +265,12 @@ func (n *Node) runConnect(c *conn, cmd protocol.Command) (json.RawMessage, *prot
 		id, err := n.verifier.Verify(cmd.Token)
 		if err != nil {
 			c.proto.closing = errTokenInvalid
-			return nil, tokenError(err)
+			return nil, n.tokenRefused(err)
 		}
 		s.setIdentity(c, id)
 	case !s.upgradeToken && n.verifier.Enabled() && !n.namespaces.AnyAnonymous():
 		c.proto.closing = errTokenInvalid
-		return nil, tokenError(&auth.Error{Reason: auth.ReasonMissing, Detail: "send connect with a token"})
+		return nil, n.tokenRefused(&auth.Error{Reason: auth.ReasonMissing, Detail: "send connect with a token"})
 	}
 	s.connected = true
 	res := protocol.ConnectResult{Client: c.clientID(), User: s.id.User}
@@ -284,10 +292,10 @@ func (n *Node) runRefresh(c *conn, cmd protocol.Command) *protocol.Error {
 	}
 	id, err := n.verifier.Verify(cmd.Token)
 	if err != nil {
-		return tokenError(err)
+		return n.tokenRefused(err)
 	}
 	if id.User != s.id.User {
-		return tokenError(&auth.Error{Reason: auth.ReasonOtherUser, Detail: "the new token's sub is not the connection's user"})
+		return n.tokenRefused(&auth.Error{Reason: auth.ReasonOtherUser, Detail: "the new token's sub is not the connection's user"})
 	}
 	s.setIdentity(c, id)
 	return nil

@@ -22,6 +22,12 @@ const (
 	ReasonOtherUser    Reason = "other_user"    // a refresh token for another sub than the connection's
 )
 
+// Reasons returns every Reason, for metric labels and documentation.
+func Reasons() []Reason {
+	return []Reason{ReasonMissing, ReasonMalformed, ReasonBadToken, ReasonBadAlgorithm, ReasonBadSignature,
+		ReasonUnknownKey, ReasonExpired, ReasonNotYetValid, ReasonBadAudience, ReasonBadIssuer, ReasonOtherUser}
+}
+
 // Error is a refused token. Its message never holds the token.
 type Error struct {
 	Reason Reason
