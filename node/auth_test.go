@@ -298,10 +298,7 @@ func TestTokenExpiry(t *testing.T) {
 		p.expect(`{"refresh":{"grace_ms":500}}`)
 		expectClose(t, p.ws, protocol.CloseTokenExpired)
 	})
-	t.Run("connect needed", func(t *testing.T) {
-		// A connection without a token gets connectTimeout (10 s) to
-		// send one; the test does not wait for it, only for the close of
-		// a refused connect.
+	t.Run("connect refused", func(t *testing.T) {
 		p := dialProtoWith(t, s.WS+"/ws", nil)
 		p.send(`{"id":1,"cmd":"connect"}`)
 		if r := p.reply(); r.Error == nil || r.Error.Reason != "missing" {
@@ -309,6 +306,23 @@ func TestTokenExpiry(t *testing.T) {
 		}
 		expectClose(t, p.ws, protocol.CloseTokenInvalid)
 	})
+}
+
+// TestConnectTimeout: a protocol connection without a token that does not
+// send connect in time is closed with 4003; connect in time keeps it.
+func TestConnectTimeout(t *testing.T) {
+	s := authCluster(t, testenv.StartRedis(t), 1, func(cfg *node.Config) {
+		cfg.TokenConnectTimeout = 500 * time.Millisecond
+	})[0]
+	ok := dialProtoWith(t, s.WS+"/ws", nil)
+	ok.send(`{"id":1,"cmd":"connect","token":"` + mint(t, "alice", []string{"chat:*"}, nil, time.Time{}) + `"}`)
+	if r := ok.reply(); r.Error != nil {
+		t.Fatalf("connect: %+v", r.Error)
+	}
+	late := dialProtoWith(t, s.WS+"/ws", nil) // its deadline is after ok's
+	expectClose(t, late.ws, protocol.CloseConnectNeeded)
+	// So ok outlived its own deadline: it still answers.
+	ok.do(`{"id":2,"cmd":"ping"}`, `{"id":2,"result":{}}`)
 }
 
 // TestStaticTokensBesideJWT: RELAY_AUTH_TOKENS keep working, with every

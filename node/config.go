@@ -37,6 +37,10 @@ type Config struct {
 	TokenAudience      string        `envconfig:"TOKEN_AUDIENCE" desc:"when set, a token's aud must include this"`
 	TokenLeeway        time.Duration `envconfig:"TOKEN_LEEWAY" default:"5s" desc:"clock skew allowed when checking a token's exp and nbf"`
 	TokenRefreshGrace  time.Duration `envconfig:"TOKEN_REFRESH_GRACE" default:"10s" desc:"protocol mode: once a connection's token expires, how long it has to send a refresh command before it is closed with 4001 (0 = closed at once)"`
+	// TokenConnectTimeout is how long a protocol-mode connection without a
+	// token has to send connect, when tokens are required and no namespace
+	// is open to anonymous subscribers; 0 means no deadline.
+	TokenConnectTimeout time.Duration `envconfig:"TOKEN_CONNECT_TIMEOUT" default:"10s" desc:"protocol mode: a connection that sent no token with its upgrade must send a connect command within this, or is closed with 4003 (when tokens are required and nothing is open to anonymous subscribers; 0 = no deadline)"`
 	// NamespacesFile is a YAML or JSON file of namespace rules (anonymous
 	// subscribers, client publishing); none means the default rules.
 	NamespacesFile string `envconfig:"NAMESPACES_FILE" desc:"YAML or JSON file of per-namespace rules: anonymous subscribe, client publish (docs/AUTH.md); empty = clients may publish everywhere their token allows, nothing is anonymous"`
@@ -167,6 +171,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TokenLeeway < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_TOKEN_LEEWAY: %v; want 0 or a positive duration such as 5s", c.TokenLeeway))
+	}
+	if c.TokenConnectTimeout < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_TOKEN_CONNECT_TIMEOUT: %v; want 0 or a positive duration such as 10s", c.TokenConnectTimeout))
 	}
 	if c.TokenRefreshGrace < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_TOKEN_REFRESH_GRACE: %v; want 0 or a positive duration such as 10s", c.TokenRefreshGrace))

@@ -22,11 +22,6 @@ import (
 // the token comes from, what a connection may do, and what happens when
 // its token expires. Package auth verifies tokens; this file applies them.
 
-// connectTimeout is how long a protocol-mode connection that sent no token
-// with its upgrade has to send connect, when auth is on and no namespace
-// lets anonymous connections subscribe.
-const connectTimeout = 10 * time.Second
-
 // Why the server closes a connection, for its token.
 var (
 	errTokenExpired     = &closeError{protocol.CloseTokenExpired, "token expired: fetch a new token before reconnecting", true}
@@ -154,8 +149,9 @@ func (s *session) start(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case c.mode == modeProto && s.id.Anonymous() && c.n.verifier.Enabled() && !s.upgradeToken && !c.n.namespaces.AnyAnonymous():
-		s.armLocked(c, phaseConnect, c.opened.Add(connectTimeout))
+	case c.mode == modeProto && s.id.Anonymous() && c.n.verifier.Enabled() && !s.upgradeToken &&
+		!c.n.namespaces.AnyAnonymous() && c.n.cfg.TokenConnectTimeout > 0:
+		s.armLocked(c, phaseConnect, c.opened.Add(c.n.cfg.TokenConnectTimeout))
 	case !s.id.Expires.IsZero():
 		s.armLocked(c, phaseLive, s.id.Expires)
 	}
