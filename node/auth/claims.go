@@ -41,12 +41,20 @@ type Identity struct {
 
 // Unrestricted returns the identity of a connection with a static token,
 // or of every connection when auth is off: it may subscribe and publish to
-// every channel (namespace rules still apply).
-func Unrestricted() *Identity { return &Identity{unrestricted: true} }
+// every channel (namespace rules still apply). Every call returns the same
+// Identity: connections share it.
+func Unrestricted() *Identity { return unrestricted }
 
 // Anonymous returns the identity of a connection without a token: it may
-// subscribe only where a namespace allows anonymous subscribers.
-func Anonymous() *Identity { return &Identity{} }
+// subscribe only where a namespace allows anonymous subscribers. Every
+// call returns the same Identity.
+func Anonymous() *Identity { return anonymous }
+
+// The shared identities; Identity is immutable.
+var (
+	unrestricted = &Identity{unrestricted: true}
+	anonymous    = &Identity{}
+)
 
 // Anonymous reports whether id has no user and no unrestricted token.
 func (id *Identity) Anonymous() bool { return id.User == "" && !id.unrestricted }

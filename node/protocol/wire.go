@@ -34,8 +34,8 @@ type ConnectResult struct {
 	Client string `json:"client"`
 	// User is the token's sub; absent for an anonymous connection.
 	User string `json:"user,omitempty"`
-	// Expires is when the token expires, in Unix seconds; absent when it
-	// never does.
+	// Expires is when the token stops being accepted (its exp plus the
+	// node's leeway), in Unix seconds; absent when it never does.
 	Expires int64 `json:"expires,omitempty"`
 }
 
