@@ -63,7 +63,7 @@ compose-e2e:
 
 # Every Go benchmark once, so that none rots between `make bench` runs.
 benchsmoke:
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub ./node ./node/protocol ./internal/bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./pubsub ./node ./node/protocol ./node/auth ./internal/bench
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEnvelope$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./pubsub
@@ -71,6 +71,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzAppendPush$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzValidChannel$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./internal/wsclient
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1s ./node/auth
 
 # The table of docs/BENCHMARKS.md: two nodes and one redis-server on
 # loopback under relay bench (internal/bench/make-bench.sh; BENCH_ROWS,

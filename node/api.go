@@ -114,11 +114,13 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound,
 			"the HTTP API is off on this node: set RELAY_API_KEY to turn it on")
 	}
-	var batch bool
+	var batch, disconnect bool
 	switch r.URL.Path {
 	case "/api/publish":
 	case "/api/publish/batch":
 		batch = true
+	case "/api/disconnect":
+		disconnect = true
 	default:
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}
@@ -157,6 +159,9 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 				"the body did not arrive within %v", apiTimeout)
 		}
 		return nil, newAPIError(http.StatusBadRequest, protocol.CodeBadRequest, "reading the body: %v", err)
+	}
+	if disconnect {
+		return a.disconnect(ctx, body)
 	}
 	if !batch {
 		msg, err := a.decodeMessage(body, "")
@@ -218,6 +223,10 @@ func (a *api) authorized(r *http.Request) bool {
 type apiMessage struct {
 	channel string
 	data    []byte // compact JSON
+	// exclude, when set, is the client id of a connection that does not get
+	// the message (exclude_client): its node and connection number.
+	excludeNode string
+	excludeConn uint64
 }
 
 // decodeBatch parses the body of a batch: {"messages":[message, ...]}.
@@ -252,14 +261,14 @@ func (a *api) decodeBatch(body []byte) ([]apiMessage, *apiError) {
 	return msgs, nil
 }
 
-// decodeMessage parses one message, {"channel":"c","data":<JSON>}; the
-// messages of its errors start with where.
+// decodeMessage parses one message, {"channel":"c","data":<JSON>} with an
+// optional "exclude_client"; the messages of its errors start with where.
 func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 	what := "body"
 	if where != "" {
 		what = "message"
 	}
-	fields, err := decodeObject(b, what, where, "channel", "data")
+	fields, err := decodeObject(b, what, where, "channel", "data", "exclude_client")
 	if err != nil {
 		return apiMessage{}, err
 	}
@@ -276,6 +285,15 @@ func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 	}
 	if err := protocol.ValidChannel(m.channel); err != nil {
 		return apiMessage{}, newAPIError(http.StatusBadRequest, protocol.CodeInvalidChannel, "%s%v", where, err)
+	}
+	if ex, ok := fields["exclude_client"]; ok {
+		var id string
+		if ex[0] != '"' || json.Unmarshal(ex, &id) != nil {
+			return bad(`field "exclude_client" must be a string`)
+		}
+		if m.excludeNode, m.excludeConn, ok = parseClientID(id); !ok {
+			return bad(`exclude_client %q is not a client id (the "client" of a connect reply, such as node-1/42)`, id)
+		}
 	}
 	data, ok := fields["data"]
 	if !ok {
@@ -338,9 +356,15 @@ func decodeObject(b []byte, what, where string, known ...string) (map[string]jso
 // publish publishes m as a protocol-mode publish from no connection, so
 // every subscriber on every node gets it, and maps a broker error to its
 // answer: unavailable (503) when the broker cannot take it now, internal
-// (500) otherwise.
+// (500) otherwise. With exclude_client the message is published as if
+// that connection had sent it: every node's hub skips a connection's own
+// messages (unless it asked for echo).
 func (a *api) publish(m apiMessage) *apiError {
-	err := a.n.publish(m.channel, pubsub.Message{Origin: a.n.id, Payload: m.data})
+	msg := pubsub.Message{Origin: a.n.id, Payload: m.data}
+	if m.excludeNode != "" {
+		msg.Origin, msg.Conn = m.excludeNode, m.excludeConn
+	}
+	err := a.n.publish(m.channel, msg)
 	if err == nil {
 		return nil
 	}

@@ -23,6 +23,27 @@ type Config struct {
 	AuthTokens Secrets `envconfig:"AUTH_TOKENS" desc:"comma-separated shared secrets; each upgrade must send one in the Authorization header (bare or Bearer); empty with no file = auth off"`
 	// AuthTokensFile names a file of more tokens, one per line, # comments.
 	AuthTokensFile string `envconfig:"AUTH_TOKENS_FILE" desc:"file of more tokens, one per line (# starts a comment)"`
+	// Signed tokens (JWT, docs/AUTH.md): any key turns them on, beside the
+	// static tokens. TokenJWKSRefresh is how often the JWKS file and URL
+	// are read again; TokenLeeway the clock skew allowed for exp and nbf;
+	// TokenRefreshGrace how long a protocol-mode client has to send a new
+	// token once its token has expired (0: closed at once, as in raw mode).
+	TokenHMACSecret    Secret        `envconfig:"TOKEN_HMAC_SECRET" desc:"shared secret (at least 32 bytes) that signs HS256/384/512 tokens (JWT; docs/AUTH.md); relay token mints one with it"`
+	TokenPublicKeyFile string        `envconfig:"TOKEN_PUBLIC_KEY_FILE" desc:"PEM public key that verifies RS/PS/ES256-512 or EdDSA tokens"`
+	TokenJWKSURL       string        `envconfig:"TOKEN_JWKS_URL" desc:"URL of a JWKS whose keys verify tokens by kid; fetched at start and every RELAY_TOKEN_JWKS_REFRESH (a failed fetch keeps the last good keys)"`
+	TokenJWKSFile      string        `envconfig:"TOKEN_JWKS_FILE" desc:"file of a JWKS whose keys verify tokens by kid; read again every RELAY_TOKEN_JWKS_REFRESH"`
+	TokenJWKSRefresh   time.Duration `envconfig:"TOKEN_JWKS_REFRESH" default:"1m" desc:"how often the JWKS URL and file are read again (and at most once a second early, for a kid not yet known)"`
+	TokenIssuer        string        `envconfig:"TOKEN_ISSUER" desc:"when set, a token's iss must be this"`
+	TokenAudience      string        `envconfig:"TOKEN_AUDIENCE" desc:"when set, a token's aud must include this"`
+	TokenLeeway        time.Duration `envconfig:"TOKEN_LEEWAY" default:"5s" desc:"clock skew allowed when checking a token's exp and nbf"`
+	TokenRefreshGrace  time.Duration `envconfig:"TOKEN_REFRESH_GRACE" default:"10s" desc:"protocol mode: once a connection's token expires, how long it has to send a refresh command before it is closed with 4001 (0 = closed at once)"`
+	// TokenConnectTimeout is how long a protocol-mode connection without a
+	// token has to send connect, when tokens are required and no namespace
+	// is open to anonymous subscribers; 0 means no deadline.
+	TokenConnectTimeout time.Duration `envconfig:"TOKEN_CONNECT_TIMEOUT" default:"10s" desc:"protocol mode: a connection that sent no token with its upgrade must send a connect command within this, or is closed with 4003 (when tokens are required and nothing is open to anonymous subscribers; 0 = no deadline)"`
+	// NamespacesFile is a YAML or JSON file of namespace rules (anonymous
+	// subscribers, client publishing); none means the default rules.
+	NamespacesFile string `envconfig:"NAMESPACES_FILE" desc:"YAML or JSON file of per-namespace rules: anonymous subscribe, client publish (docs/AUTH.md); empty = clients may publish everywhere their token allows, nothing is anonymous"`
 	// Origins are the browser origins allowed to connect besides the node's
 	// own host (patterns as in path.Match, e.g. *.example.com; * allows all).
 	Origins []string `envconfig:"ORIGINS" desc:"comma-separated browser Origin host patterns allowed besides same-origin (e.g. app.example.com,*.example.com; * = any)"`
@@ -148,6 +169,15 @@ func (c *Config) Validate() error {
 			break
 		}
 	}
+	if c.TokenLeeway < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_TOKEN_LEEWAY: %v; want 0 or a positive duration such as 5s", c.TokenLeeway))
+	}
+	if c.TokenConnectTimeout < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_TOKEN_CONNECT_TIMEOUT: %v; want 0 or a positive duration such as 10s", c.TokenConnectTimeout))
+	}
+	if c.TokenRefreshGrace < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_TOKEN_REFRESH_GRACE: %v; want 0 or a positive duration such as 10s", c.TokenRefreshGrace))
+	}
 	for _, k := range c.APIKeys {
 		if k == "" || strings.ContainsAny(k, " \t\r\n,") {
 			errs = append(errs, errors.New("RELAY_API_KEY: a key is empty or has spaces"))
@@ -186,6 +216,20 @@ func (s Secrets) String() string { return fmt.Sprintf("[%d secrets]", len(s)) }
 
 // LogValue hides the secrets from slog.
 func (s Secrets) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// Secret is a secret string that never shows in logs or %v.
+type Secret string
+
+// String hides the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[secret]"
+}
+
+// LogValue hides the secret from slog.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // ReadTokenFile reads tokens from the file at path: one per line, blank
 // lines and lines starting with # ignored.

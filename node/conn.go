@@ -134,6 +134,8 @@ type conn struct {
 
 	// proto is protocol mode's state; nil in other modes.
 	proto *protoConn
+	// sess is who the connection is and when its token expires.
+	sess *session
 
 	mu     sync.Mutex
 	queue  []*frame

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/relay-pubsub/relay/node/auth"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -21,6 +22,8 @@ type metrics struct {
 	opened      *prometheus.CounterVec
 	closed      *prometheus.CounterVec
 	refused     *prometheus.CounterVec
+	// tokensRefused counts refused tokens by reason (session.go).
+	tokensRefused *prometheus.CounterVec
 
 	received      *prometheus.CounterVec
 	receivedBytes *prometheus.CounterVec
@@ -61,6 +64,10 @@ func newMetrics(n *Node) *metrics {
 	m.opened = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_connections_opened_total", Help: "WebSocket connections accepted, by mode."}, []string{"mode"})
 	m.closed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_connections_closed_total", Help: "WebSocket connections closed, by close code (1006: ended without a close frame)."}, []string{"code"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_upgrades_refused_total", Help: "Upgrade requests refused before the upgrade, by HTTP status."}, []string{"status"})
+	m.tokensRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_tokens_refused_total", Help: "Tokens refused (upgrades, connect and refresh commands), by reason (docs/AUTH.md)."}, []string{"reason"})
+	for _, r := range auth.Reasons() {
+		m.tokensRefused.WithLabelValues(string(r))
+	}
 	m.received = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_messages_received_total", Help: "Messages received from clients, by mode."}, []string{"mode"})
 	m.receivedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_received_bytes_total", Help: "Payload bytes received from clients, by mode."}, []string{"mode"})
 	m.sent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_messages_sent_total", Help: "Messages written to clients, by mode."}, []string{"mode"})
@@ -77,7 +84,7 @@ func newMetrics(n *Node) *metrics {
 	m.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_queue_dropped_messages_total", Help: "Messages dropped from the queues of connections closed as slow consumers."})
 	m.slowConsumers = prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_slow_consumer_disconnects_total", Help: "Connections closed with 1013 because their outbound queue was full."})
 	for _, c := range []prometheus.Collector{
-		m.connections, m.opened, m.closed, m.refused, m.received, m.receivedBytes, m.sent, m.sentBytes,
+		m.connections, m.opened, m.closed, m.refused, m.tokensRefused, m.received, m.receivedBytes, m.sent, m.sentBytes,
 		m.publishSeconds, m.publishErrors, m.deliverySeconds, m.dropped, m.slowConsumers,
 	} {
 		f(c)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relay-pubsub/relay/node/auth"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -30,9 +31,12 @@ type Node struct {
 	// flushers write the connections' queues; connection i has flusher
 	// i mod len (flush.go).
 	flushers []*flusher
-	auth     *authenticator
 	metrics  *metrics
-	mux      *http.ServeMux
+	// verifier checks tokens and namespaces holds the namespace rules
+	// (session.go).
+	verifier   *auth.Verifier
+	namespaces *auth.Namespaces
+	mux        *http.ServeMux
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
@@ -67,9 +71,12 @@ func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
 		id:     cfg.NodeID,
 		log:    log.With("node", cfg.NodeID),
 		broker: b,
-		auth:   newAuthenticator(cfg.AuthTokens),
 		conns:  make(map[*conn]struct{}),
 		perIP:  make(map[string]int),
+	}
+	var err error
+	if n.verifier, n.namespaces, err = newAuth(cfg, n.log); err != nil {
+		return nil, err
 	}
 	n.metrics = newMetrics(n)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
@@ -111,6 +118,10 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	n.logStart(ln.Addr())
+	stopAuth := n.runAuth()
+	defer stopAuth()
+	stopControl := n.runControl()
+	defer stopControl()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -141,8 +152,8 @@ func (n *Node) logStart(addr net.Addr) {
 	n.log.Info("listening", "addr", addr.String(),
 		"raw", "ws://"+host+"/ws/{channel}", "protocol", "ws://"+host+"/ws", "echo", "ws://"+host+"/echo",
 		"health", "http://"+host+"/readyz", "metrics", "http://"+host+"/metrics")
-	if !n.auth.enabled() {
-		n.log.Warn("auth is off: any client may connect; set RELAY_AUTH_TOKENS to require a token")
+	if !n.verifier.Enabled() {
+		n.log.Warn("auth is off: any client may connect; set RELAY_AUTH_TOKENS or RELAY_TOKEN_HMAC_SECRET (docs/AUTH.md) to require a token")
 	}
 }
 
@@ -271,6 +282,8 @@ func (n *Node) notReady() []string {
 			why = append(why, "broker: "+err.Error())
 		}
 	}
+	keys, _ := n.verifier.Status()
+	why = append(why, keys...)
 	if n.cfg.MaxConnections > 0 {
 		n.mu.Lock()
 		full := n.slots >= n.cfg.MaxConnections
@@ -348,6 +361,7 @@ func (n *Node) connOpened(c *conn) {
 	c.stats.connections.Inc()
 	c.open()
 	c.startPings()
+	c.sess.start(c)
 }
 
 // connEnded closes c, which ended with err, and releases what it held.
@@ -358,6 +372,7 @@ func (n *Node) connEnded(c *conn, err error) {
 	defer c.release()
 	c.close(err)
 	c.stopPings()
+	c.sess.stop()
 	if c.channel != "" {
 		n.hub.unsubscribe(c.channel, c)
 	}

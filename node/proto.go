@@ -40,6 +40,8 @@ type protoConn struct {
 	subs   map[string]struct{} // the channels subscribed to
 	bucket *rate.Limiter       // commands; nil = no limit
 	errs   errorWindow         // recent client errors
+	// closing, set by a command, closes the connection after its reply.
+	closing error
 }
 
 // serveProto is protocol mode: GET /ws[?echo=true][&batch=false][&hello=true].
@@ -61,7 +63,7 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
-	c := n.connect(w, r, modeProto)
+	c := n.connect(w, r, modeProto, "")
 	if c == nil {
 		return
 	}
@@ -116,6 +118,7 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 	var cmd protocol.Command
 	var perr *protocol.Error
 	var err error
+	result := emptyResult
 	if typ != websocket.MessageText {
 		perr = &protocol.Error{Code: protocol.CodeBadRequest,
 			Message: "binary frame: send each command as JSON in a text frame"}
@@ -126,16 +129,21 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 	} else if !allowed {
 		perr = &protocol.Error{Code: protocol.CodeLimitExceeded, Message: fmt.Sprintf(
 			"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
+	} else if cmd.Cmd == protocol.CmdConnect {
+		result, perr = n.runConnect(c, cmd)
 	} else {
 		perr = n.runCommand(c, cmd)
 	}
 	if perr == nil {
 		if cmd.ID != nil {
-			c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, emptyResult)))
+			c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, result)))
 		}
 		return nil
 	}
 	c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
+	if p.closing != nil {
+		return p.closing
+	}
 	if clientError(perr.Code) && p.errs.add(now) {
 		return errTooManyErrors
 	}
@@ -148,7 +156,12 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	switch cmd.Cmd {
 	case protocol.CmdPing:
 		return nil
+	case protocol.CmdRefresh:
+		return n.runRefresh(c, cmd)
 	case protocol.CmdSubscribe:
+		if !c.sess.id.MaySubscribe(n.namespaces, cmd.Channel) {
+			return forbidden("subscribe to", cmd.Channel)
+		}
 		if _, ok := p.subs[cmd.Channel]; ok {
 			return &protocol.Error{Code: protocol.CodeAlreadySubscribed,
 				Message: fmt.Sprintf("already subscribed to %q", cmd.Channel)}
@@ -171,6 +184,9 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		n.hub.unsubscribe(cmd.Channel, c)
 		return nil
 	case protocol.CmdPublish:
+		if !c.sess.id.MayPublish(n.namespaces, cmd.Channel) {
+			return forbidden("publish to", cmd.Channel)
+		}
 		// cmd.Data aliases the frame ws.Read returned, a fresh buffer that
 		// nothing else uses: the broker may own it.
 		m := pubsub.Message{

@@ -62,19 +62,14 @@ func headerHasToken(h http.Header, key, token string) bool {
 
 // admit runs the checks every upgrade passes before it is accepted; on
 // failure it has answered the request.
-func (n *Node) admit(w http.ResponseWriter, r *http.Request) bool {
+func (n *Node) admit(w http.ResponseWriter, r *http.Request, m mode, channel string) *session {
 	if !isUpgrade(r) {
 		w.Header().Set("Upgrade", "websocket")
 		writeError(w, http.StatusUpgradeRequired, protocol.CodeUpgradeRequired,
 			"this endpoint speaks WebSocket: connect with a WebSocket client, e.g. websocat ws://HOST"+r.URL.Path)
-		return false
+		return nil
 	}
-	if err := n.auth.check(r); err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
-		n.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
-		return false
-	}
-	return true
+	return n.admitToken(w, r, m, channel)
 }
 
 // refuse answers an upgrade request with an error, counting it.
@@ -83,10 +78,11 @@ func (n *Node) refuse(w http.ResponseWriter, status int, code protocol.Code, msg
 	writeError(w, status, code, msg)
 }
 
-// connect admits the request and takes a connection slot; on failure it
-// has answered the request.
-func (n *Node) connect(w http.ResponseWriter, r *http.Request, m mode) *conn {
-	if !n.admit(w, r) {
+// connect admits the request (to channel, in raw mode) and takes a
+// connection slot; on failure it has answered the request.
+func (n *Node) connect(w http.ResponseWriter, r *http.Request, m mode, channel string) *conn {
+	sess := n.admit(w, r, m, channel)
+	if sess == nil {
 		return nil
 	}
 	release, why := n.reserve(r.RemoteAddr)
@@ -96,7 +92,7 @@ func (n *Node) connect(w http.ResponseWriter, r *http.Request, m mode) *conn {
 		return nil
 	}
 	c := n.newConn(r, m)
-	c.release = release
+	c.release, c.sess = release, sess
 	return c
 }
 
@@ -110,6 +106,7 @@ func (n *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
 // 503 with the reasons when not.
 func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	why := n.notReady()
+	_, stale := n.verifier.Status()
 	w.Header().Set("Content-Type", "application/json")
 	status := http.StatusOK
 	if len(why) > 0 {
@@ -120,7 +117,10 @@ func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 		Ready   bool     `json:"ready"`
 		Node    string   `json:"node"`
 		Reasons []string `json:"reasons,omitempty"`
-	}{len(why) == 0, n.id, why})
+		// Warnings say what is degraded but still serving (a JWKS whose
+		// last read failed).
+		Warnings []string `json:"warnings,omitempty"`
+	}{len(why) == 0, n.id, why, stale})
 }
 
 // serveRaw is raw channel mode: GET /ws/{channel}. Every message the client
@@ -137,7 +137,7 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
-	c := n.connect(w, r, modeRaw)
+	c := n.connect(w, r, modeRaw, channel)
 	if c == nil {
 		return
 	}
@@ -179,6 +179,9 @@ func (n *Node) readRaw(c *conn) error {
 //
 //go:noinline
 func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.MessageType, data []byte) error {
+	if !c.sess.rawPublish {
+		return errPublishForbidden
+	}
 	if n.cfg.RawPublishRate > 0 {
 		if *limiter == nil {
 			*limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
@@ -215,7 +218,7 @@ func (n *Node) publish(channel string, m pubsub.Message) error {
 // serveEcho is the echo endpoint: each message comes back prefixed with
 // "Server received: ", as the original tutorial's server does.
 func (n *Node) serveEcho(w http.ResponseWriter, r *http.Request) {
-	c := n.connect(w, r, modeEcho)
+	c := n.connect(w, r, modeEcho, "")
 	if c == nil {
 		return
 	}

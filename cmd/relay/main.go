@@ -3,6 +3,7 @@
 //	relay [serve]      run a node (configured by RELAY_* variables)
 //	relay healthcheck  exit 0 if the local node answers /healthz
 //	relay bench        the load generator (relay bench -h)
+//	relay token        mint a token for trying things out (relay token -h)
 //	relay version      print the version
 //	relay --help       print the configuration table
 package main
@@ -80,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "token":
+		return tokenCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "relay", version)
 		return 0
@@ -103,6 +106,7 @@ Usage:
   relay pub CHANNEL [MESSAGE]   publish MESSAGE, or each line of standard input, and wait for each ack
   relay chat CHANNEL            send each line you type to a channel, print what others send
   relay bench                   load generator against any Relay deployment (relay bench -h)
+  relay token                   mint a token with RELAY_TOKEN_HMAC_SECRET (relay token -h)
   relay version                 print the version
   relay --help                  print this help
 

@@ -39,12 +39,21 @@ const (
 	CloseInternalError   = 1011 // an unexpected server error
 	CloseServiceRestart  = 1012 // the node is draining: reconnect, another node serves you
 	CloseTryAgainLater   = 1013 // overloaded, slow consumer or broker down: reconnect with backoff
+
+	// Authentication (docs/AUTH.md): reconnect only with a new token.
+	CloseTokenExpired  = 4001 // the token's exp passed (and no refresh came in time)
+	CloseTokenInvalid  = 4002 // connect with a missing or refused token
+	CloseConnectNeeded = 4003 // no token and no connect command in time
+	CloseDisconnected  = 4004 // the backend disconnected the user (POST /api/disconnect)
 )
 
 // Error is the body of every error: an HTTP error response, or the "error"
 // of a protocol-mode reply.
 type Error struct {
-	Code    Code   `json:"code"`
+	Code Code `json:"code"`
+	// Reason says why a token was refused (unauthorized errors only):
+	// expired, malformed, bad_signature, … (docs/AUTH.md).
+	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message"`
 }
 

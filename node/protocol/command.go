@@ -19,6 +19,11 @@ const (
 	CmdUnsubscribe = "unsubscribe"
 	CmdPublish     = "publish"
 	CmdPing        = "ping"
+	// CmdConnect authenticates a connection that sent no token with its
+	// upgrade, and answers with the connection's client id; at most once.
+	CmdConnect = "connect"
+	// CmdRefresh replaces the connection's token before it expires.
+	CmdRefresh = "refresh"
 )
 
 // Command is one command a protocol-mode client sends: one JSON object in
@@ -34,6 +39,8 @@ type Command struct {
 	// Data is what publish publishes: a JSON value in compact form (no
 	// whitespace outside strings), so never a newline.
 	Data json.RawMessage
+	// Token is the token of connect (optional) and refresh (required).
+	Token string
 }
 
 // DecodeCommand parses and validates one command frame. Fields it does not
@@ -67,7 +74,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if i >= len(b) || b[i] != '{' {
 		return cmd, badRequest("command must be a JSON object")
 	}
-	var id, name, channel, data []byte // raw values; nil when absent
+	var id, name, channel, data, token []byte // raw values; nil when absent
 	for i++; i < len(b); {
 		i = skipSpace(b, i)
 		if i >= len(b) || b[i] == '}' {
@@ -93,6 +100,8 @@ func DecodeCommand(b []byte) (Command, error) {
 			channel = val
 		case "data":
 			data = val
+		case "token":
+			token = val
 		}
 	}
 
@@ -109,13 +118,26 @@ func DecodeCommand(b []byte) (Command, error) {
 		return cmd, badRequest(`field "cmd" must be a string`)
 	}
 	switch n := cmdName(name); n {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
 		cmd.Cmd = n
 	default:
 		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish and ping", quoteShort(n))}
+			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(n))}
 	}
-	if cmd.Cmd == CmdPing {
+	switch cmd.Cmd {
+	case CmdPing:
+		return cmd, nil
+	case CmdConnect, CmdRefresh:
+		if token == nil {
+			if cmd.Cmd == CmdRefresh {
+				return cmd, badRequest(`missing field "token"`)
+			}
+			return cmd, nil
+		}
+		if token[0] != '"' {
+			return cmd, badRequest(`field "token" must be a string`)
+		}
+		cmd.Token = stringValue(token)
 		return cmd, nil
 	}
 
@@ -221,6 +243,8 @@ func keyName(key []byte) string {
 			return "channel"
 		case "data":
 			return "data"
+		case "token":
+			return "token"
 		}
 		return ""
 	}
@@ -240,6 +264,10 @@ func cmdName(raw []byte) string {
 			return CmdPublish
 		case CmdPing:
 			return CmdPing
+		case CmdConnect:
+			return CmdConnect
+		case CmdRefresh:
+			return CmdRefresh
 		}
 	}
 	return stringValue(raw)
@@ -318,8 +346,8 @@ func quoteShort(s string) string {
 }
 
 // AppendCommand appends the JSON encoding of cmd, as a client sends it, to
-// dst: the fields id (when set), cmd, channel (when set) and data (when
-// set), in that order. ID and Data must be valid JSON.
+// dst: the fields id (when set), cmd, channel (when set), data (when set)
+// and token (when set), in that order. ID and Data must be valid JSON.
 func AppendCommand(dst []byte, cmd Command) []byte {
 	dst = append(dst, '{')
 	if cmd.ID != nil {
@@ -336,6 +364,10 @@ func AppendCommand(dst []byte, cmd Command) []byte {
 	if cmd.Data != nil {
 		dst = append(dst, `,"data":`...)
 		dst = append(dst, cmd.Data...)
+	}
+	if cmd.Token != "" {
+		dst = append(dst, `,"token":`...)
+		dst = AppendString(dst, cmd.Token)
 	}
 	return append(dst, '}')
 }

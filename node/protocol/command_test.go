@@ -58,6 +58,13 @@ func TestDecodeCommand(t *testing.T) {
 		{`{"id":2,"cmd":"unsubscribe","channel":7}`, protocol.Command{ID: raw(`2`), Cmd: "unsubscribe"}, protocol.CodeBadRequest},
 		{`{"id":2,"cmd":"publish","channel":"n"}`, protocol.Command{ID: raw(`2`), Cmd: "publish", Channel: "n"}, protocol.CodeBadRequest},
 
+		// connect and refresh carry a token; connect's is optional.
+		{`{"id":5,"cmd":"connect"}`, protocol.Command{ID: raw(`5`), Cmd: "connect"}, ""},
+		{`{"id":5,"cmd":"connect","token":"a.b.c","channel":7}`, protocol.Command{ID: raw(`5`), Cmd: "connect", Token: "a.b.c"}, ""},
+		{`{"cmd":"refresh","token":"a\u002eb"}`, protocol.Command{Cmd: "refresh", Token: "a.b"}, ""},
+		{`{"id":5,"cmd":"refresh"}`, protocol.Command{ID: raw(`5`), Cmd: "refresh"}, protocol.CodeBadRequest},
+		{`{"id":5,"cmd":"connect","token":1}`, protocol.Command{ID: raw(`5`), Cmd: "connect"}, protocol.CodeBadRequest},
+
 		// Unknown commands: names are exact.
 		{`{"id":3,"cmd":"jump"}`, protocol.Command{ID: raw(`3`)}, protocol.CodeUnknownCommand},
 		{`{"id":3,"cmd":"PING"}`, protocol.Command{ID: raw(`3`)}, protocol.CodeUnknownCommand},
@@ -243,7 +250,9 @@ func FuzzDecodeCommand(f *testing.F) {
 			}
 			return
 		}
-		if cmd.Cmd != protocol.CmdPing {
+		switch cmd.Cmd {
+		case protocol.CmdPing, protocol.CmdConnect, protocol.CmdRefresh:
+		default:
 			if err := protocol.ValidChannel(cmd.Channel); err != nil {
 				t.Fatalf("DecodeCommand(%q) accepted channel %q: %v", in, cmd.Channel, err)
 			}
@@ -308,11 +317,11 @@ func FuzzAppendPush(f *testing.F) {
 func raw(s string) json.RawMessage { return json.RawMessage(s) }
 
 func sameCommand(a, b protocol.Command) bool {
-	return bytes.Equal(a.ID, b.ID) && a.Cmd == b.Cmd && a.Channel == b.Channel && bytes.Equal(a.Data, b.Data)
+	return bytes.Equal(a.ID, b.ID) && a.Cmd == b.Cmd && a.Channel == b.Channel && bytes.Equal(a.Data, b.Data) && a.Token == b.Token
 }
 
-type shown struct{ ID, Cmd, Channel, Data string }
+type shown struct{ ID, Cmd, Channel, Data, Token string }
 
 func show(c protocol.Command) shown {
-	return shown{string(c.ID), c.Cmd, c.Channel, string(c.Data)}
+	return shown{string(c.ID), c.Cmd, c.Channel, string(c.Data), c.Token}
 }

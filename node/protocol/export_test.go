@@ -44,14 +44,21 @@ func decodeReference(b []byte) (Command, error) {
 		return cmd, err
 	}
 	switch name {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
 		cmd.Cmd = name
 	default:
 		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish and ping", quoteShort(name))}
+			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(name))}
 	}
-	if cmd.Cmd == CmdPing {
+	switch cmd.Cmd {
+	case CmdPing:
 		return cmd, nil
+	case CmdConnect, CmdRefresh:
+		if _, ok := fields["token"]; !ok && cmd.Cmd == CmdConnect {
+			return cmd, nil
+		}
+		cmd.Token, err = stringField(fields, "token")
+		return cmd, err
 	}
 
 	if cmd.Channel, err = stringField(fields, "channel"); err != nil {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/base64"
 	"encoding/json"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -26,6 +27,34 @@ type Push struct {
 	Binary bool            `json:"binary,omitempty"`
 }
 
+// ConnectResult is the result of connect.
+type ConnectResult struct {
+	// Client is the connection's id, unique in the cluster: the node's id,
+	// a slash and a number.
+	Client string `json:"client"`
+	// User is the token's sub; absent for an anonymous connection.
+	User string `json:"user,omitempty"`
+	// Expires is when the token stops being accepted (its exp plus the
+	// node's leeway), in Unix seconds; absent when it never does.
+	Expires int64 `json:"expires,omitempty"`
+}
+
+// Refresh is what the server sends when the connection's token has
+// expired: {"refresh":{"grace_ms":10000}}. The client must send a refresh
+// command with a new token within GraceMS milliseconds, or be closed with
+// CloseTokenExpired.
+type Refresh struct {
+	GraceMS int64 `json:"grace_ms"`
+}
+
+// AppendRefresh appends the refresh request of a grace of graceMS
+// milliseconds to dst.
+func AppendRefresh(dst []byte, graceMS int64) []byte {
+	dst = append(dst, `{"refresh":{"grace_ms":`...)
+	dst = strconv.AppendInt(dst, graceMS, 10)
+	return append(dst, "}}"...)
+}
+
 // AppendResult appends the success reply {"id":id,"result":result} to dst.
 // id and result must be valid compact JSON.
 func AppendResult(dst []byte, id, result json.RawMessage) []byte {
@@ -47,6 +76,10 @@ func AppendError(dst []byte, id json.RawMessage, e *Error) []byte {
 	}
 	dst = append(dst, `"error":{"code":`...)
 	dst = AppendString(dst, string(e.Code))
+	if e.Reason != "" {
+		dst = append(dst, `,"reason":`...)
+		dst = AppendString(dst, e.Reason)
+	}
 	dst = append(dst, `,"message":`...)
 	dst = AppendString(dst, e.Message)
 	return append(dst, "}}"...)

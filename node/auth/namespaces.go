@@ -1,0 +1,128 @@
+package auth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Namespace holds the rules of the channels of one namespace: the part of
+// a channel name before its first ':'. Later options (history, presence)
+// join these fields, each with a default that keeps today's behaviour.
+type Namespace struct {
+	// AnonymousSubscribe lets every connection subscribe, anonymous ones
+	// included, without a channels claim. Default false.
+	AnonymousSubscribe bool
+	// ClientPublish lets clients publish (where their token allows); false
+	// keeps publishing to backends, through the HTTP API. Default true.
+	ClientPublish bool
+}
+
+// defaultNamespace is the rule of channels without a namespace and of
+// namespaces not listed, unless the file says otherwise.
+var defaultNamespace = Namespace{ClientPublish: true}
+
+// Namespaces are the namespace rules of a node. The zero value, and nil,
+// apply the default rules to every channel. It is immutable.
+type Namespaces struct {
+	def    Namespace
+	byName map[string]Namespace
+	set    bool // def was read from a file
+}
+
+// For returns the rules of channel.
+func (ns *Namespaces) For(channel string) Namespace {
+	if ns == nil {
+		return defaultNamespace
+	}
+	if name, _, ok := strings.Cut(channel, ":"); ok {
+		if n, ok := ns.byName[name]; ok {
+			return n
+		}
+	}
+	if ns.set {
+		return ns.def
+	}
+	return defaultNamespace
+}
+
+// AnyAnonymous reports whether anonymous connections may subscribe to
+// some channel.
+func (ns *Namespaces) AnyAnonymous() bool {
+	if ns.For("").AnonymousSubscribe {
+		return true
+	}
+	if ns != nil {
+		for _, n := range ns.byName {
+			if n.AnonymousSubscribe {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// namespaceFile is the file's form of a Namespace: absent fields take the
+// default's value.
+type namespaceFile struct {
+	AnonymousSubscribe *bool `yaml:"anonymous_subscribe"`
+	ClientPublish      *bool `yaml:"client_publish"`
+}
+
+func (f *namespaceFile) apply(base Namespace) Namespace {
+	if f == nil {
+		return base
+	}
+	if f.AnonymousSubscribe != nil {
+		base.AnonymousSubscribe = *f.AnonymousSubscribe
+	}
+	if f.ClientPublish != nil {
+		base.ClientPublish = *f.ClientPublish
+	}
+	return base
+}
+
+// ReadNamespaces reads the namespace rules of the YAML or JSON file at
+// path (docs/AUTH.md has an example):
+//
+//	default:           # channels without a namespace, and namespaces not listed
+//	  client_publish: true
+//	namespaces:
+//	  news:
+//	    anonymous_subscribe: true
+//	    client_publish: false
+//
+// Unknown fields are errors, so that a typo does not open a namespace.
+func ReadNamespaces(path string) (*Namespaces, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseNamespaces(b)
+}
+
+// ParseNamespaces parses namespace rules as ReadNamespaces reads them.
+func ParseNamespaces(b []byte) (*Namespaces, error) {
+	var f struct {
+		Default    *namespaceFile            `yaml:"default"`
+		Namespaces map[string]*namespaceFile `yaml:"namespaces"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	ns := &Namespaces{def: f.Default.apply(defaultNamespace), set: true, byName: make(map[string]Namespace)}
+	for name, n := range f.Namespaces {
+		if name == "" || strings.ContainsAny(name, ":*") || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' }) {
+			return nil, fmt.Errorf("namespace %q: want a name without ':', '*' or spaces", name)
+		}
+		ns.byName[name] = n.apply(ns.def)
+	}
+	return ns, nil
+}
