@@ -15,6 +15,7 @@ import (
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
+	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
 )
 
 // protoClient is a protocol-mode client. It reads frames either way the
@@ -106,7 +107,7 @@ func protoCluster(t *testing.T, r *testenv.Redis, n int) ([]*nodetest.Server, []
 	var nodes []*nodetest.Server
 	var brokers []*pubsub.Redis
 	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		b, err := pubsubtest.RunRedis(t, pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

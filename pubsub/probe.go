@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -32,9 +33,10 @@ func (b *Redis) probeRound(seq uint64, start time.Time) {
 	type probe struct {
 		sh *shard
 		ps *redis.PubSub
-		r  *pubReq
 	}
 	timeout := b.cfg.ProbeTimeout
+	ctx, cancel := context.WithDeadline(b.ctx, start.Add(timeout))
+	defer cancel()
 	data := []byte(b.nonce + ":" + strconv.FormatUint(seq, 10))
 	var probes []probe
 	for _, sh := range b.shards {
@@ -50,15 +52,26 @@ func (b *Redis) probeRound(seq uint64, start time.Time) {
 		}
 		sh.probeWant.Store(seq)
 		r := &pubReq{channel: sh.probeChan, data: data, probe: true, done: make(chan struct{}, 1)}
-		select {
-		case b.pubs <- r:
-		case <-b.closing:
-			return
+		err = b.send(ctx, r)
+		if err == nil {
+			err = r.err
 		}
-		probes = append(probes, probe{sh, ps, r})
+		if err != nil {
+			if sh.closed() {
+				return
+			}
+			// The publish side failed, not necessarily this connection.
+			b.stats.probeFailures.Add(1)
+			sh.probeWant.CompareAndSwap(seq, 0)
+			if ctx.Err() != nil {
+				sh.setProbeErr(fmt.Errorf("publish not answered within %v", timeout))
+			} else {
+				sh.setProbeErr(fmt.Errorf("publish: %w", err))
+			}
+			continue
+		}
+		probes = append(probes, probe{sh, ps})
 	}
-	deadline := time.NewTimer(timeout - time.Since(start))
-	defer deadline.Stop()
 wait:
 	for {
 		back := true
@@ -70,11 +83,14 @@ wait:
 		}
 		select {
 		case <-b.probeBack:
-		case <-deadline.C:
+		case <-ctx.Done():
 			break wait
-		case <-b.closing:
-			return
 		}
+	}
+	select {
+	case <-b.closing:
+		return
+	default:
 	}
 	for _, p := range probes {
 		if !p.sh.probeWant.CompareAndSwap(seq, 0) {
@@ -82,17 +98,6 @@ wait:
 			continue
 		}
 		b.stats.probeFailures.Add(1)
-		select {
-		case <-p.r.done:
-			if p.r.err != nil {
-				// The publish side failed, not necessarily this connection.
-				p.sh.setProbeErr(fmt.Errorf("publish: %w", p.r.err))
-				continue
-			}
-		default:
-			p.sh.setProbeErr(fmt.Errorf("publish not answered within %v", timeout))
-			continue
-		}
 		err := fmt.Errorf("published but not back within %v", timeout)
 		p.sh.setProbeErr(err)
 		p.sh.teardown(p.ps, err)
@@ -102,12 +107,7 @@ wait:
 // teardown closes ps, if it is still the shard's connection, because its
 // probe failed.
 func (sh *shard) teardown(ps *redis.PubSub, cause error) {
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if ps == nil || sh.ps != ps {
-		return
-	}
-	if sh.breakLocked(cause, true) {
+	if ps != nil && sh.breakConn(ps, cause, true) {
 		sh.b.stats.teardowns.Add(1)
 	}
 }

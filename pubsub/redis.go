@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // RedisConfig configures the Redis broker. Field tags document the
@@ -104,22 +104,28 @@ var errReserved = errors.New("channel name reserved for the broker's probes (" +
 // number of subscriber connections (shards). Publishes from many goroutines
 // are pipelined over a few connections.
 //
-// Each shard's goroutine owns its connection: when Redis goes away it opens
-// a new one with backoff and subscribes every channel again. A prober
-// publishes a probe to each shard's own probe channel every ProbeInterval;
-// a shard whose probe is not back within ProbeTimeout is torn down and
-// reconnected the same way, so a connection that stopped delivering
-// without an error does not go unnoticed. A shard that resubscribes reports
-// the gap through Stats.Resubscribes and RedisConfig.OnGap. Health and
-// Stats report the state without touching the network.
+// Run starts the broker's goroutines: one per subscriber connection
+// (shard), which owns that connection and replaces it when it fails, and a
+// prober. The prober publishes a probe to each shard's own probe channel
+// every ProbeInterval; a shard whose probe is not back within ProbeTimeout is
+// torn down and reconnected the same way, so a connection that stopped
+// delivering without an error does not go unnoticed. A shard that
+// resubscribes reports the gap through Stats.Resubscribes and
+// RedisConfig.OnGap. Health and Stats report the state without touching the
+// network.
 //
-// NewRedis starts the broker's goroutines; Close stops them and waits.
+// Publishing needs no goroutine of the broker: a publisher that finds a
+// pipeline idle sends the round trip itself, carrying whatever other
+// publishers queued meanwhile (see pipeline.go).
+//
+// NewRedis starts no goroutine; Run runs them until its ctx ends or Close,
+// and waits for them; Close releases the Redis connections.
 type Redis struct {
 	cfg    RedisConfig
 	log    *slog.Logger
 	client *redis.Client
 	shards []*shard
-	pubs   chan *pubReq
+	pipes  []*pipeline
 	nonce  string // tells this broker's probes from any other's
 
 	// probeBack wakes the prober when a probe came back.
@@ -129,11 +135,17 @@ type Redis struct {
 	pubMu  sync.Mutex
 	pubErr error // error of the last publish round trip, nil after a success
 
-	ctx     context.Context // canceled by Close; bounds dials and writes
-	cancel  context.CancelFunc
-	closing chan struct{}
-	wg      sync.WaitGroup
-	once    sync.Once
+	ctx      context.Context // canceled by stop; bounds dials and writes
+	cancel   context.CancelFunc
+	closing  chan struct{} // closed by stop
+	stopOnce sync.Once
+
+	runMu   sync.Mutex
+	started bool           // Run was called
+	stopped bool           // stop was called: Run starts nothing
+	wg      sync.WaitGroup // Run's goroutines; added to under runMu while !stopped
+
+	closeOnce sync.Once
 }
 
 // RedisStats are the Redis broker's counters since NewRedis. Every field
@@ -194,6 +206,13 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	opt.WriteTimeout = cfg.Timeout
 	opt.PoolSize = cfg.Pipelines + cfg.Subscribers + 4
 	opt.MaxRetries = -1 // a publish is acknowledged once, never replayed
+	// The broker owns its connections' lives: it replaces a failed or
+	// silent subscriber connection itself and reports the gap. go-redis's
+	// maintenance notifications (a Redis Enterprise handoff of connections
+	// during upgrades, on by default) would move connections behind its
+	// back, cost every new connection a refused command on other servers,
+	// and start goroutines in redis.NewClient, before Run.
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -202,32 +221,72 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		cfg:       cfg,
 		log:       log,
 		client:    redis.NewClient(opt),
-		pubs:      make(chan *pubReq, maxPipeline),
 		nonce:     nonce,
 		probeBack: make(chan struct{}, 1),
 		ctx:       ctx,
 		cancel:    cancel,
 		closing:   make(chan struct{}),
 	}
-	for i := range cfg.Pipelines {
-		b.wg.Go(func() { b.pipeline(i) })
+	for range cfg.Pipelines {
+		b.pipes = append(b.pipes, &pipeline{b: b})
 	}
 	for i := range cfg.Subscribers {
-		sh := &shard{
-			b:         b,
-			idx:       i,
-			probeChan: cfg.Prefix + probePrefix + cfg.Instance + ":" + strconv.Itoa(i),
-			chans:     make(map[string]*redisChan),
-			pending:   make(map[string]int),
-			downc:     make(chan struct{}),
-			retry:     make(chan struct{}, 1),
-			status:    "connecting",
-		}
-		b.shards = append(b.shards, sh)
+		b.shards = append(b.shards, newShard(b, i))
+	}
+	return b, nil
+}
+
+// Run runs the broker's goroutines until ctx ends or Close is called, and
+// returns nil once they all exited. When ctx ends, the broker stops as on
+// Close: its methods return ErrClosed, and Close still releases its Redis
+// connections. Subscribe needs Run (a subscription is confirmed on a shard's
+// goroutine); Publish does not. Called after Close, Run returns nil at
+// once; called twice, it returns an error.
+func (b *Redis) Run(ctx context.Context) error {
+	b.runMu.Lock()
+	switch {
+	case b.stopped:
+		b.runMu.Unlock()
+		return nil // closed before it ran: nothing to run
+	case b.started:
+		b.runMu.Unlock()
+		return errors.New("redis broker: Run called twice")
+	}
+	b.started = true
+	for _, sh := range b.shards {
 		b.wg.Go(sh.run)
 	}
 	b.wg.Go(b.prober)
-	return b, nil
+	b.runMu.Unlock()
+	select {
+	case <-ctx.Done():
+	case <-b.closing:
+	}
+	b.stop()
+	b.wg.Wait()
+	return nil
+}
+
+// stop makes every goroutine of the broker return and fails the calls
+// waiting for Redis; it does not wait.
+func (b *Redis) stop() {
+	b.stopOnce.Do(func() {
+		b.runMu.Lock()
+		b.stopped = true
+		b.runMu.Unlock()
+		close(b.closing)
+		b.cancel()
+		for _, sh := range b.shards {
+			sh.mu.Lock()
+			ps := sh.ps
+			sh.mu.Unlock()
+			if ps != nil {
+				// Its receiver returns. Outside mu: PubSub.Close waits
+				// for a write in flight.
+				ps.Close()
+			}
+		}
+	})
 }
 
 // Subscribe registers h for channel; it returns once Redis confirmed the
@@ -321,18 +380,10 @@ func (b *Redis) Stats() RedisStats {
 }
 
 // Close stops the broker's goroutines, waits for them and closes its Redis
-// connections. Publishes waiting for Redis get ErrClosed.
+// connections. Publishes and Subscribes waiting for Redis get ErrClosed.
 func (b *Redis) Close() error {
-	b.once.Do(func() {
-		close(b.closing)
-		b.cancel()
-		for _, sh := range b.shards {
-			sh.mu.Lock()
-			if sh.ps != nil {
-				sh.ps.Close()
-			}
-			sh.mu.Unlock()
-		}
+	b.closeOnce.Do(func() {
+		b.stop()
 		b.wg.Wait()
 		b.client.Close()
 	})

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/pubsub"
 	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
@@ -38,11 +40,10 @@ func newRedis(t testing.TB, cfg pubsub.RedisConfig) *pubsub.Redis {
 
 func newRedisLog(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) *pubsub.Redis {
 	t.Helper()
-	b, err := pubsub.NewRedis(cfg, log)
+	b, err := pubsubtest.RunRedis(t, cfg, log)
 	if err != nil {
 		t.Fatalf("NewRedis: %v", err)
 	}
-	t.Cleanup(func() { b.Close() })
 	return b
 }
 
@@ -441,5 +442,111 @@ func BenchmarkRedisPublish(b *testing.B) {
 			wg.Wait()
 			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
 		})
+	}
+}
+
+// TestRedisGoroutinesOwned proves that NewRedis starts no goroutine, that
+// Run's goroutines are the ones goleak would report if they were left
+// behind, and that Close stops every one of them before Run returns.
+func TestRedisGoroutinesOwned(t *testing.T) {
+	r := testenv.StartRedis(t)
+	before := goleak.IgnoreCurrent()
+	b, err := pubsub.NewRedis(redisConfig(r), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("NewRedis started goroutines:\n%v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background()) }()
+	rec := pubsubtest.NewRecorder()
+	stop := pubsubtest.Subscribe(t, b, "owned", rec.Handle)
+	pubsubtest.Publish(t, b, "owned", "m")
+	rec.WaitN(t, 1)
+	if err := goleak.Find(before); err == nil {
+		t.Error("goleak.Find found no goroutine of a running broker: it would not catch a leak")
+	}
+	stop()
+	b.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v after Close, want nil", err)
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("goroutines left after Close and Run returned:\n%v", err)
+	}
+}
+
+// TestRedisRunEndsWithContext stops a broker by ending Run's context: its
+// methods then answer ErrClosed.
+func TestRedisRunEndsWithContext(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b, err := pubsub.NewRedis(redisConfig(r), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	pubsubtest.Subscribe(t, b, "ctx", func(pubsub.Message) {})
+	if err := b.Run(ctx); err == nil {
+		t.Error("a second Run() = nil, want an error")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v after its ctx ended, want nil", err)
+	}
+	if err := b.Publish(t.Context(), "ctx", pubsub.Message{}); !errors.Is(err, pubsub.ErrClosed) {
+		t.Errorf("Publish after Run's ctx ended = %v, want ErrClosed", err)
+	}
+}
+
+// TestRedisStopWhileHandlerRuns holds a handler of one channel while a
+// handler of another channel on the same subscriber connection stops: stop
+// needs neither the connection nor the running handler, and the stopped
+// handler is not called again.
+func TestRedisStopWhileHandlerRuns(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cfg := redisConfig(r)
+	cfg.Subscribers = 1 // both channels on one connection
+	b := newRedis(t, cfg)
+	other := pubsubtest.NewRecorder()
+	stopOther := pubsubtest.Subscribe(t, b, "other", other.Handle)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	pubsubtest.Subscribe(t, b, "held", func(pubsub.Message) {
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+	})
+	pubsubtest.Publish(t, b, "held", "hold")
+	<-entered
+	stopped := make(chan struct{})
+	go func() {
+		stopOther()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second): // a failure bound, not a measure
+		close(release)
+		t.Fatal("stop of one channel waited for a handler of another")
+	}
+	if err := b.Health(); err != nil {
+		t.Errorf("Health() while a handler runs = %v", err)
+	}
+	close(release)
+	pubsubtest.Publish(t, b, "other", "after stop")
+	// The marker, published after "other" on the same connection, proves
+	// absence: once it arrived, a message to "other" would have too.
+	marker := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "other2", marker.Handle)
+	pubsubtest.Publish(t, b, "other2", "marker")
+	marker.WaitN(t, 1)
+	if got := other.Messages(); len(got) != 0 {
+		t.Errorf("stopped handler received %q", payloadsOf(got))
 	}
 }

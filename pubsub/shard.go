@@ -1,9 +1,41 @@
 package pubsub
 
+// Ownership and lock order of a shard.
+//
+// A shard is one Redis subscriber connection and the channels it carries.
+//
+//   - run, one goroutine per shard started by Redis.Run, owns the
+//     connection. It dials it, is the only goroutine that writes to it
+//     (SUBSCRIBE and UNSUBSCRIBE, batched: whatever changed since its last
+//     write goes out as one command of each kind), replaces it when it
+//     fails, and waits for the connection's receiver before dialing again.
+//   - receive, one goroutine per connection started and waited for by run,
+//     reads the connection: it calls the handlers of each message, hands
+//     probes to the prober and counts subscribe confirmations, which make
+//     the waiting Subscribe calls return.
+//   - add and remove (Subscribe and its stop) change the shard's state
+//     under mu and wake run; they never touch the connection.
+//   - the prober and stop (Close, or the end of Run) close the connection
+//     to make its receiver return, outside every lock of the shard.
+//
+// Locks, each held for memory only: never across a network read or write,
+// nor while a handler runs.
+//
+//   - shard.mu guards the shard's state: the connection, the channels with
+//     handlers and what the connection was told about them.
+//   - shard.hmu guards what Health reads, so that Health never waits on mu.
+//     It is taken with mu held, or alone.
+//   - redisChan.dmu is held by receive while it calls the handlers of that
+//     channel for one message, and taken and released by remove after it
+//     removed its handler, so that stop returns only once no call of that
+//     handler is in progress. It is never held with mu, in either order.
+
 import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,20 +44,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// A shard is one subscriber connection and the channels it carries. Its run
-// goroutine owns the connection: it opens it, reads it and replaces it.
-//
-// mu guards the fields below it and is held while handlers run and while
-// SUBSCRIBE and UNSUBSCRIBE are written, so that the commands for one channel
-// reach Redis in the order the handlers came and went. hmu guards what
-// Health reads, so that Health never waits on mu; it is taken after mu, or
-// alone.
 type shard struct {
 	b         *Redis
 	idx       int
 	probeChan string // the full Redis channel
 	// probeWant is the sequence number of the probe in flight, 0 for none.
 	probeWant atomic.Uint64
+	// wake tells run that channels came or went (buffer 1).
+	wake chan struct{}
+	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
+	retry chan struct{}
 
 	mu    sync.Mutex
 	ps    *redis.PubSub // the live connection; nil when there is none
@@ -36,11 +64,17 @@ type shard struct {
 	// downc is closed, and replaced, whenever a connection attempt fails:
 	// it fails Subscribe calls waiting for the connection.
 	downc chan struct{}
-	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
-	retry chan struct{}
+	// chans holds the channels with handlers: those the shard wants
+	// subscribed.
 	chans map[string]*redisChan
+	// sent holds the channels for which the last command run decided to
+	// write on ps is SUBSCRIBE.
+	sent map[string]struct{}
+	// dirty holds the channels added or removed since run last compared
+	// chans with sent.
+	dirty map[string]struct{}
 	// pending counts, per channel, the subscribe confirmations Redis still
-	// owes on this connection for SUBSCRIBE commands already sent.
+	// owes on this connection for SUBSCRIBE commands already decided.
 	pending map[string]int
 	// resub holds the channels subscribed when ps was opened whose
 	// confirmation has not come yet; gap those that were live before.
@@ -65,12 +99,31 @@ const (
 )
 
 type redisChan struct {
-	subs  []*redisSub
-	need  int           // confirmations to see before the channel is live
+	// subs is replaced, never modified in place, under shard.mu; receive
+	// reads it under dmu.
+	subs  atomic.Pointer[[]*redisSub]
+	dmu   sync.Mutex
+	need  int           // under shard.mu: confirmations to see before the channel is live
 	ready chan struct{} // closed once live
 }
 
 type redisSub struct{ h Handler }
+
+func newShard(b *Redis, idx int) *shard {
+	return &shard{
+		b:         b,
+		idx:       idx,
+		probeChan: b.cfg.Prefix + probePrefix + b.cfg.Instance + ":" + strconv.Itoa(idx),
+		wake:      make(chan struct{}, 1),
+		retry:     make(chan struct{}, 1),
+		chans:     make(map[string]*redisChan),
+		sent:      make(map[string]struct{}),
+		dirty:     make(map[string]struct{}),
+		pending:   make(map[string]int),
+		downc:     make(chan struct{}),
+		status:    "connecting",
+	}
+}
 
 func (sh *shard) setStatus(status string, err error) {
 	sh.hmu.Lock()
@@ -96,37 +149,84 @@ func (sh *shard) lastErr() error {
 	return sh.err
 }
 
-// add registers sub for channel. When the channel is new on the shard, it
-// sends SUBSCRIBE, or leaves that to the next connection. It returns the
-// channel closed when the next connection attempt fails.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// up reports whether the shard has a connection it did not close; sh.mu is
+// held.
+func (sh *shard) up() bool { return sh.state == stateUp && sh.cause == nil }
+
+// add registers sub for channel and returns the channel's state, whose
+// ready is closed once the subscription is live upstream, and the channel
+// closed when the next connection attempt fails. A new channel is
+// subscribed by run, on the live connection or the next.
 func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if rc := sh.chans[channel]; rc != nil {
-		rc.subs = append(rc.subs, sub)
+		subs := append(slices.Clip(*rc.subs.Load()), sub)
+		rc.subs.Store(&subs)
 		return rc, sh.downc
 	}
-	rc := &redisChan{subs: []*redisSub{sub}, need: 1, ready: make(chan struct{})}
+	rc := &redisChan{ready: make(chan struct{})}
+	rc.subs.Store(&[]*redisSub{sub})
 	sh.chans[channel] = rc
-	if sh.state != stateUp || sh.cause != nil {
+	_, sent := sh.sent[channel]
+	switch {
+	case !sh.up():
 		// The next connection subscribes it; while Redis is down, try
 		// that now rather than after the backoff.
-		select {
-		case sh.retry <- struct{}{}:
-		default:
+		rc.need = 1
+		signal(sh.retry)
+	case sent:
+		// Still subscribed upstream: live once the confirmations owed
+		// are in, at once if none is.
+		rc.need = sh.pending[channel]
+		if rc.need == 0 {
+			close(rc.ready)
 		}
-		return rc, sh.downc
-	}
-	sh.pending[channel]++
-	rc.need = sh.pending[channel]
-	ctx, cancel := context.WithTimeout(sh.b.ctx, sh.b.cfg.Timeout)
-	defer cancel()
-	if err := sh.ps.Subscribe(ctx, sh.b.cfg.Prefix+channel); err != nil {
-		// The connection is broken: replace it. The channel stays, and
-		// the caller waits for the next connection to subscribe it.
-		sh.breakLocked(fmt.Errorf("subscribe: %w", err), false)
+	default:
+		// Confirmations owed for earlier SUBSCRIBEs, followed by an
+		// UNSUBSCRIBE, do not count: it waits for the SUBSCRIBE run
+		// writes next.
+		rc.need = sh.pending[channel] + 1
+		sh.dirty[channel] = struct{}{}
+		signal(sh.wake)
 	}
 	return rc, sh.downc
+}
+
+// remove unregisters sub for channel; run unsubscribes the channel when it
+// was the last. It returns once no call of sub's handler is in progress:
+// receive reads the handlers of a message under the channel's dmu.
+func (sh *shard) remove(channel string, sub *redisSub) {
+	sh.mu.Lock()
+	rc := sh.chans[channel]
+	if rc == nil {
+		sh.mu.Unlock()
+		return
+	}
+	subs := *rc.subs.Load()
+	if i := slices.Index(subs, sub); i >= 0 {
+		subs = slices.Delete(slices.Clone(subs), i, i+1)
+		rc.subs.Store(&subs)
+	}
+	if len(subs) == 0 {
+		delete(sh.chans, channel)
+		if sh.up() {
+			sh.dirty[channel] = struct{}{}
+			signal(sh.wake)
+		}
+	}
+	sh.mu.Unlock()
+	// An empty critical section: it waits for a dispatch in progress.
+	rc.dmu.Lock()
+	//lint:ignore SA2001 waiting is the point
+	rc.dmu.Unlock()
 }
 
 func (sh *shard) unpend(channel string) {
@@ -135,48 +235,70 @@ func (sh *shard) unpend(channel string) {
 	}
 }
 
-func (sh *shard) remove(channel string, sub *redisSub) {
+// sync writes on ps the SUBSCRIBE and UNSUBSCRIBE commands that bring it in
+// line with the channels wanted; only run calls it.
+func (sh *shard) sync(ps *redis.PubSub) {
+	prefix := sh.b.cfg.Prefix
+	var subs, unsubs []string
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	rc := sh.chans[channel]
-	if rc == nil {
-		return
+	if sh.ps != ps || !sh.up() {
+		sh.mu.Unlock()
+		return // the next connection subscribes what is wanted then
 	}
-	for i, s := range rc.subs {
-		if s == sub {
-			rc.subs = append(rc.subs[:i], rc.subs[i+1:]...)
-			break
+	for ch := range sh.dirty {
+		_, want := sh.chans[ch]
+		_, sent := sh.sent[ch]
+		switch {
+		case want && !sent:
+			sh.sent[ch] = struct{}{}
+			sh.pending[ch]++
+			subs = append(subs, prefix+ch)
+		case !want && sent:
+			delete(sh.sent, ch)
+			unsubs = append(unsubs, prefix+ch)
 		}
 	}
-	if len(rc.subs) > 0 {
-		return
-	}
-	delete(sh.chans, channel)
-	if sh.state != stateUp || sh.cause != nil {
-		return // the next connection does not subscribe it
-	}
+	clear(sh.dirty)
+	sh.mu.Unlock()
+
 	ctx, cancel := context.WithTimeout(sh.b.ctx, sh.b.cfg.Timeout)
 	defer cancel()
-	if err := sh.ps.Unsubscribe(ctx, sh.b.cfg.Prefix+channel); err != nil {
-		sh.breakLocked(fmt.Errorf("unsubscribe: %w", err), false)
+	var err error
+	if len(unsubs) > 0 { // none would mean every channel
+		if err = ps.Unsubscribe(ctx, unsubs...); err != nil {
+			err = fmt.Errorf("unsubscribe: %w", err)
+		}
+	}
+	if err == nil && len(subs) > 0 {
+		if err = ps.Subscribe(ctx, subs...); err != nil {
+			err = fmt.Errorf("subscribe: %w", err)
+		}
+	}
+	if err != nil {
+		// The connection is broken: replace it. Its channels stay, and
+		// their Subscribe calls wait for the next connection.
+		sh.breakConn(ps, err, false)
 	}
 }
 
-// breakLocked closes the shard's connection so that run replaces it; sh.mu
-// is held. It reports whether it did.
-func (sh *shard) breakLocked(cause error, torn bool) bool {
-	if sh.state != stateUp || sh.cause != nil {
+// breakConn closes ps, if it is still the shard's live connection, so that
+// run replaces it. It reports whether it did.
+func (sh *shard) breakConn(ps *redis.PubSub, cause error, torn bool) bool {
+	sh.mu.Lock()
+	if sh.ps != ps || !sh.up() {
+		sh.mu.Unlock()
 		return false
 	}
 	sh.cause, sh.torn = cause, torn
 	sh.setStatus("closed: "+cause.Error(), nil)
-	sh.ps.Close() // run's Receive returns an error
+	sh.mu.Unlock()
+	ps.Close() // its receiver returns an error
 	return true
 }
 
-// run owns the shard's connection until the broker closes: it opens it,
-// receives from it, and replaces it with backoff when it fails or is torn
-// down.
+// run owns the shard's connection until the broker stops: it opens it,
+// writes what add and remove ask, and replaces it with backoff when it
+// fails or is torn down.
 func (sh *shard) run() {
 	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
 	backoff := minBackoff
@@ -206,12 +328,13 @@ func (sh *shard) run() {
 		if opened {
 			sh.b.stats.reconnects.Add(1)
 		}
-		live, err := sh.receive(ps, opened, outage)
+		live, err := sh.serve(ps, opened, outage)
 		opened = true
 		if live {
 			outage = false
 		}
 		if sh.closed() {
+			ps.Close()
 			return
 		}
 		cause, torn := sh.lost(ps, err)
@@ -225,8 +348,26 @@ func (sh *shard) run() {
 	}
 }
 
+// serve runs the receiver of ps and writes to ps what add and remove ask,
+// until the receiver returns; it reports what receive returned.
+func (sh *shard) serve(ps *redis.PubSub, reconnect, outage bool) (live bool, err error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		live, err = sh.receive(ps, reconnect, outage)
+	}()
+	for {
+		select {
+		case <-sh.wake:
+			sh.sync(ps)
+		case <-done:
+			return live, err
+		}
+	}
+}
+
 // wait waits for d to pass or a value on cut, and reports false if the
-// broker closed first.
+// broker stopped first.
 func (sh *shard) wait(d time.Duration, cut <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -255,24 +396,25 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
 	ps := b.client.Subscribe(ctx) // no I/O without channels
-	// Dial outside mu: Subscribe and stop go on meanwhile, with the
-	// channels they change subscribed below.
 	if err := ps.Subscribe(ctx, sh.probeChan); err != nil {
 		ps.Close()
 		return nil, err
 	}
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if sh.closed() { // Close did not see ps
+	if sh.closed() { // stop did not see ps
+		sh.mu.Unlock()
 		ps.Close()
 		return nil, ErrClosed
 	}
 	full := make([]string, 0, len(sh.chans))
+	clear(sh.sent)
+	clear(sh.dirty)
 	sh.pending = make(map[string]int, len(sh.chans))
 	sh.resub = make(map[string]struct{}, len(sh.chans))
 	sh.gap = sh.gap[:0]
 	for ch, rc := range sh.chans {
 		full = append(full, b.cfg.Prefix+ch)
+		sh.sent[ch] = struct{}{}
 		sh.pending[ch] = 1
 		sh.resub[ch] = struct{}{}
 		if rc.need > 0 {
@@ -281,16 +423,22 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 			sh.gap = append(sh.gap, ch)
 		}
 	}
-	if len(full) > 0 {
-		if err := ps.Subscribe(ctx, full...); err != nil {
-			ps.Close()
-			return nil, err
-		}
-	}
 	sh.ps, sh.state, sh.cause, sh.torn = ps, stateUp, nil, false
 	sh.probeSubscribed, sh.live = false, false
 	sh.connectedAt = time.Now()
 	sh.setStatus(fmt.Sprintf("subscribing %d channels", len(full)), nil)
+	sh.mu.Unlock()
+	// Written outside mu: add and remove go on meanwhile, and what they
+	// change is written by run next, after this.
+	if len(full) > 0 {
+		if err := ps.Subscribe(ctx, full...); err != nil {
+			sh.mu.Lock()
+			sh.ps, sh.state = nil, stateConnecting
+			sh.mu.Unlock()
+			ps.Close()
+			return nil, err
+		}
+	}
 	return ps, nil
 }
 
@@ -397,19 +545,23 @@ func (sh *shard) confirm(full string) (gap []string, live bool) {
 	return gap, true
 }
 
+// dispatch calls the handlers of msg's channel, without mu held.
 func (sh *shard) dispatch(msg *redis.Message) {
 	channel, ok := strings.CutPrefix(msg.Channel, sh.b.cfg.Prefix)
 	if !ok {
 		return
 	}
-	m := DecodeEnvelope([]byte(msg.Payload))
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	rc := sh.chans[channel]
-	if rc == nil || rc.need > 0 {
+	live := rc != nil && rc.need == 0
+	sh.mu.Unlock()
+	if !live {
 		return
 	}
-	for _, s := range rc.subs {
+	m := DecodeEnvelope([]byte(msg.Payload))
+	rc.dmu.Lock()
+	defer rc.dmu.Unlock()
+	for _, s := range *rc.subs.Load() {
 		s.h(m)
 	}
 }

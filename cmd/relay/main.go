@@ -222,6 +222,11 @@ func serve(stderr io.Writer) int {
 		}
 		broker = rb
 		log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		// The broker runs until Close (deferred below, so it runs first),
+		// after the node drained; its Run returns before this does.
+		brokerDone := make(chan error, 1)
+		go func() { brokerDone <- rb.Run(context.Background()) }()
+		defer func() { <-brokerDone }()
 	}
 	defer broker.Close()
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/pubsub"
+	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
 )
 
 // Timeout bounds every wait in tests that use this package; it is a
@@ -64,7 +65,7 @@ func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		b, err := pubsubtest.RunRedis(t, pubsub.RedisConfig{URL: redisURL, Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

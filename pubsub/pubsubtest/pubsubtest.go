@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -97,6 +98,26 @@ func Subscribe(t testing.TB, b pubsub.Broker, channel string, h pubsub.Handler) 
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// RunRedis is pubsub.NewRedis with the broker's Run on a goroutine of its
+// own: at the end of the test, it closes the broker and waits for Run to
+// return. It returns NewRedis's error.
+func RunRedis(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) (*pubsub.Redis, error) {
+	t.Helper()
+	b, err := pubsub.NewRedis(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background()) }()
+	t.Cleanup(func() {
+		b.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Redis.Run: %v", err)
+		}
+	})
+	return b, nil
 }
 
 // Publish publishes a text message to channel on b, failing t on error.
