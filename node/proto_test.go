@@ -10,6 +10,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
@@ -504,7 +506,7 @@ func TestProtoConfig(t *testing.T) {
 	for _, tt := range tests {
 		cfg := nodetest.Config()
 		tt.edit(&cfg)
-		_, err := node.New(cfg, pubsub.NewMemory(), nil)
+		_, err := node.New(cfg, pubsub.NewMemory(), prometheus.NewRegistry(), nil)
 		switch {
 		case tt.want == "" && err != nil:
 			t.Errorf("node.New(%+v) = %v, want no error", cfg, err)

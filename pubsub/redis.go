@@ -131,6 +131,7 @@ type Redis struct {
 	// probeBack wakes the prober when a probe came back.
 	probeBack chan struct{}
 	stats     redisCounters
+	metrics   []redisMetric // Stats for Prometheus (metrics.go)
 
 	pubMu  sync.Mutex
 	pubErr error // error of the last publish round trip, nil after a success
@@ -223,6 +224,7 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		client:    redis.NewClient(opt),
 		nonce:     nonce,
 		probeBack: make(chan struct{}, 1),
+		metrics:   newRedisMetrics(),
 		ctx:       ctx,
 		cancel:    cancel,
 		closing:   make(chan struct{}),

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
@@ -548,5 +550,46 @@ func TestRedisStopWhileHandlerRuns(t *testing.T) {
 	marker.WaitN(t, 1)
 	if got := other.Messages(); len(got) != 0 {
 		t.Errorf("stopped handler received %q", payloadsOf(got))
+	}
+}
+
+// TestRedisMetrics registers the broker as a Prometheus collector, as
+// cmd/relay does: its counters appear under the names the dashboard and
+// docs/OPERATIONS.md use, and follow Stats.
+func TestRedisMetrics(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(b); err != nil {
+		t.Fatalf("Register(broker) = %v", err)
+	}
+	pubsubtest.Publish(t, b, "metered", "one")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetType() != dto.MetricType_COUNTER {
+			t.Errorf("%s is a %v, want a counter", f.GetName(), f.GetType())
+		}
+		got[f.GetName()] = f.GetMetric()[0].GetCounter().GetValue()
+	}
+	s := b.Stats()
+	for name, want := range map[string]uint64{
+		"relay_broker_reconnects_total":     s.Reconnects,
+		"relay_broker_resubscribes_total":   s.Resubscribes,
+		"relay_broker_probe_failures_total": s.ProbeFailures,
+		"relay_broker_teardowns_total":      s.Teardowns,
+		"relay_broker_publish_errors_total": s.PublishErrors,
+		"relay_broker_published_total":      s.Published,
+		"relay_broker_pipelines_total":      s.Pipelines,
+	} {
+		if v, ok := got[name]; !ok || v != float64(want) {
+			t.Errorf("%s = %v (exported: %v), want %d as in Stats", name, v, ok, want)
+		}
+	}
+	if len(got) != 7 || got["relay_broker_published_total"] != 1 {
+		t.Errorf("gathered %v, want the 7 broker counters with 1 published", got)
 	}
 }

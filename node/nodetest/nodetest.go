@@ -99,7 +99,7 @@ func Start(t testing.TB, cfg node.Config, b pubsub.Broker) *Server {
 // StartWith is Start with log as the node's logger (nil: no logs).
 func StartWith(t testing.TB, cfg node.Config, b pubsub.Broker, log *slog.Logger) *Server {
 	t.Helper()
-	n, err := node.New(cfg, b, log)
+	n, err := node.New(cfg, b, pubsubtest.Registry(b), log)
 	if err != nil {
 		t.Fatalf("node.New: %v", err)
 	}

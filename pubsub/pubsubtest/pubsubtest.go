@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -118,6 +120,17 @@ func RunRedis(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) (*pubsub.R
 		}
 	})
 	return b, nil
+}
+
+// Registry returns a new Prometheus registry for a node, with b's metrics
+// registered when b has any (it is a prometheus.Collector, like
+// pubsub.Redis), as cmd/relay registers them.
+func Registry(b pubsub.Broker) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	if c, ok := b.(prometheus.Collector); ok {
+		reg.MustRegister(c)
+	}
+	return reg
 }
 
 // Publish publishes a text message to channel on b, failing t on error.
