@@ -295,7 +295,9 @@ func (b *Redis) stop() {
 // node's subscription of the channel. While a subscriber connection is
 // being replaced, it waits for the new one, up to the configured Timeout;
 // while Redis cannot be reached, it makes the shard try at once and fails
-// with ErrUnavailable when that attempt fails.
+// with ErrUnavailable when that attempt fails. Before Run, nothing confirms
+// it: it fails with ErrUnavailable after the Timeout. stop writes nothing:
+// the shard's goroutine unsubscribes the channel after its last handler.
 func (b *Redis) Subscribe(ctx context.Context, channel string, h Handler) (func(), error) {
 	select {
 	case <-b.closing:
