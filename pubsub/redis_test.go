@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -592,4 +593,67 @@ func TestRedisMetrics(t *testing.T) {
 	if len(got) != 7 || got["relay_broker_published_total"] != 1 {
 		t.Errorf("gathered %v, want the 7 broker counters with 1 published", got)
 	}
+}
+
+// TestRedisPublishAbandoned has many publishers give up while they wait in
+// a pipeline's queue, or as they are made its leader: no publish is left
+// hanging, every acknowledged one is delivered, and the pipelines still
+// carry publishes afterwards.
+func TestRedisPublishAbandoned(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "abandoned", rec.Handle)
+	const publishers, each = 32, 100
+	var acked atomic.Int64
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				ctx, cancel := context.WithCancel(t.Context())
+				if (p+i)%3 == 0 {
+					// Gives up at a random point: before queueing, while
+					// queued, or as it is made the leader (a round trip
+					// on loopback takes some 50-500 us).
+					ctx, cancel = context.WithTimeout(t.Context(), time.Duration(rand.IntN(500))*time.Microsecond)
+				}
+				err := b.Publish(ctx, "abandoned", pubsub.Message{Payload: []byte("m")})
+				cancel()
+				switch {
+				case err == nil:
+					acked.Add(1)
+				case !errors.Is(err, context.DeadlineExceeded):
+					t.Errorf("Publish = %v, want nil or context.DeadlineExceeded", err)
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second): // a failure bound, not a measure
+		t.Fatal("publishers still waiting: a pipeline stalled")
+	}
+	// Acknowledged publishes reached Redis before this one: the marker
+	// comes after them. Several in a row go through every pipeline.
+	for range 4 {
+		pubsubtest.Publish(t, b, "abandoned", "marker")
+	}
+	var got, markers int64
+	for seen := 0; markers < 4; {
+		msgs := rec.WaitN(t, seen+1)
+		seen, got, markers = len(msgs), 0, 0
+		for _, m := range msgs {
+			if string(m.Payload) == "marker" {
+				markers++
+			} else if markers == 0 {
+				got++
+			}
+		}
+	}
+	if n := acked.Load(); got < n {
+		t.Errorf("%d messages delivered before the marker, want at least the %d acknowledged", got, n)
+	}
+	t.Logf("%d of %d publishes acknowledged", acked.Load(), publishers*each)
 }
