@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
@@ -37,7 +38,7 @@ func TestMain(m *testing.M) {
 }
 
 func startExampleNode() (stop func(), err error) {
-	n, err := node.New(nodetest.Config(), pubsub.NewMemory(), nil)
+	n, err := node.New(nodetest.Config(), pubsub.NewMemory(), prometheus.NewRegistry(), nil)
 	if err != nil {
 		return nil, err
 	}

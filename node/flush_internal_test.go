@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -21,7 +22,7 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 		Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 16, QueueMessages: 64, QueueBytes: 1 << 20,
 		WriteTimeout: 10 * time.Second, WriteDelay: delay, PingInterval: time.Minute, PongTimeout: time.Minute,
 		DrainSeconds: 1,
-	}, b, nil)
+	}, b, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -24,7 +26,7 @@ func BenchmarkHubBroadcast(b *testing.B) {
 				Addr: ":0", NodeID: "bench", MaxMessageBytes: 1 << 16,
 				QueueMessages: queueCap + 1, QueueBytes: 1 << 30, WriteTimeout: time.Second,
 				PingInterval: time.Minute, PongTimeout: time.Minute,
-			}, broker, nil)
+			}, broker, prometheus.NewRegistry(), nil)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -12,7 +12,8 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// metrics are the node's Prometheus metrics, in a registry of its own.
+// metrics are the node's Prometheus metrics, registered on the registry
+// given to New, which /metrics serves.
 // Children of labelled vectors are resolved once, so the hot path only adds
 // to counters, once per batch rather than once per message.
 type metrics struct {
@@ -40,9 +41,6 @@ type metrics struct {
 	byMode       map[mode]*modeMetrics
 }
 
-// brokerStats is implemented by brokers that count their work (Redis).
-type brokerStats interface{ Stats() pubsub.RedisStats }
-
 // modeMetrics are the children of the per-mode vectors for one mode.
 type modeMetrics struct {
 	connections   prometheus.Gauge
@@ -56,8 +54,7 @@ type modeMetrics struct {
 // modes lists every mode a connection can have, for the label values.
 var modes = []mode{modeRaw, modeEcho, modeProto}
 
-func newMetrics(n *Node) *metrics {
-	reg := prometheus.NewRegistry()
+func newMetrics(n *Node, reg *prometheus.Registry) *metrics {
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m := &metrics{reg: reg, byMode: make(map[mode]*modeMetrics)}
 	m.connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "relay_connections", Help: "Open WebSocket connections, by mode."}, []string{"mode"})
@@ -100,18 +97,6 @@ func newMetrics(n *Node) *metrics {
 			}
 			return 0
 		}))
-	if bs, ok := n.broker.(brokerStats); ok {
-		stat := func(name, help string, v func(pubsub.RedisStats) uint64) {
-			f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(bs.Stats())) }))
-		}
-		stat("relay_broker_reconnects_total", "Redis subscriber connections re-established.", func(s pubsub.RedisStats) uint64 { return s.Reconnects })
-		stat("relay_broker_resubscribes_total", "Reconnects that subscribed live channels again (a possible gap in delivery).", func(s pubsub.RedisStats) uint64 { return s.Resubscribes })
-		stat("relay_broker_probe_failures_total", "Probes that did not come back through their subscriber connection in time.", func(s pubsub.RedisStats) uint64 { return s.ProbeFailures })
-		stat("relay_broker_teardowns_total", "Subscriber connections torn down and replaced because they went silent.", func(s pubsub.RedisStats) uint64 { return s.Teardowns })
-		stat("relay_broker_publish_errors_total", "Publishes Redis did not take.", func(s pubsub.RedisStats) uint64 { return s.PublishErrors })
-		stat("relay_broker_published_total", "Messages published to Redis.", func(s pubsub.RedisStats) uint64 { return s.Published })
-		stat("relay_broker_pipelines_total", "Pipelined round trips to Redis (publishes share them).", func(s pubsub.RedisStats) uint64 { return s.Pipelines })
-	}
 	if hc, ok := n.broker.(pubsub.HealthChecker); ok {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "relay_broker_up", Help: "1 when the broker can take publishes and deliver messages, else 0."},
 			func() float64 {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/node/auth"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -55,10 +56,16 @@ type Node struct {
 }
 
 // New validates cfg and returns a node that publishes and subscribes
-// through b. It does no I/O and starts no goroutine; Serve does.
-func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
+// through b. The node registers its metrics on reg and serves all that reg
+// gathers on /metrics, so that what the caller registers there (such as
+// the broker's metrics) is served too; reg must not be shared with
+// another node. It does no I/O and starts no goroutine; Serve does.
+func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if reg == nil {
+		return nil, errors.New("node.New: nil metrics registry")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -78,7 +85,7 @@ func New(cfg Config, b pubsub.Broker, log *slog.Logger) (*Node, error) {
 	if n.verifier, n.namespaces, err = newAuth(cfg, n.log); err != nil {
 		return nil, err
 	}
-	n.metrics = newMetrics(n)
+	n.metrics = newMetrics(n, reg)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
 	n.flushers = make([]*flusher, runtime.GOMAXPROCS(0))
 	for i := range n.flushers {

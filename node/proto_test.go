@@ -10,11 +10,14 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
+	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
 )
 
 // protoClient is a protocol-mode client. It reads frames either way the
@@ -106,7 +109,7 @@ func protoCluster(t *testing.T, r *testenv.Redis, n int) ([]*nodetest.Server, []
 	var nodes []*nodetest.Server
 	var brokers []*pubsub.Redis
 	for i := range n {
-		b, err := pubsub.NewRedis(pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
+		b, err := pubsubtest.RunRedis(t, pubsub.RedisConfig{URL: r.URL(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -503,7 +506,7 @@ func TestProtoConfig(t *testing.T) {
 	for _, tt := range tests {
 		cfg := nodetest.Config()
 		tt.edit(&cfg)
-		_, err := node.New(cfg, pubsub.NewMemory(), nil)
+		_, err := node.New(cfg, pubsub.NewMemory(), prometheus.NewRegistry(), nil)
 		switch {
 		case tt.want == "" && err != nil:
 			t.Errorf("node.New(%+v) = %v, want no error", cfg, err)

@@ -45,7 +45,8 @@ type Broker interface {
 
 	// Subscribe registers h for the messages of channel and returns once
 	// the subscription is live upstream. stop removes h; it is idempotent,
-	// does not block on the network, and h is not called after it returns.
+	// does not block on the network, and h is not called after it returns:
+	// it waits for a call of h in progress, so h must not call it.
 	Subscribe(ctx context.Context, channel string, h Handler) (stop func(), err error)
 
 	// Close stops delivery and releases the broker's connections.

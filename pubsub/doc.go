@@ -6,6 +6,13 @@
 // subscribers of every node. Both pass the conformance suite in
 // [github.com/relay-pubsub/relay/pubsub/pubsubtest].
 //
+// A Redis broker is made by [NewRedis], which starts nothing, run by
+// [Redis.Run] and released by [Redis.Close]; it is a Prometheus collector
+// of its own counters. Its files follow its parts: redis.go the type and the
+// Broker methods, pipeline.go the publish path (publishers send their own
+// round trips), shard.go a subscriber connection and its ownership and lock
+// order, probe.go the probes that prove a subscriber connection delivers.
+//
 // Between nodes a message travels as an envelope ([Message.AppendEnvelope],
 // [DecodeEnvelope]); a payload that is not an envelope, such as one sent with
 // a plain redis-cli PUBLISH, is delivered as a text message.

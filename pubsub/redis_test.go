@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/goleak"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -38,11 +43,10 @@ func newRedis(t testing.TB, cfg pubsub.RedisConfig) *pubsub.Redis {
 
 func newRedisLog(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) *pubsub.Redis {
 	t.Helper()
-	b, err := pubsub.NewRedis(cfg, log)
+	b, err := pubsubtest.RunRedis(t, cfg, log)
 	if err != nil {
 		t.Fatalf("NewRedis: %v", err)
 	}
-	t.Cleanup(func() { b.Close() })
 	return b
 }
 
@@ -414,28 +418,242 @@ func TestRedisConfigErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkRedisPublish measures publishes per second with 64 concurrent
-// publishers against a real redis-server: pipelining lets them share round
-// trips.
+// BenchmarkRedisPublish measures publishes per second against a real
+// redis-server, from one publisher (each publish alone, the shape of chat
+// traffic: its cost is the hand-offs between goroutines) and from 64
+// concurrent publishers (pipelining lets them share round trips).
 func BenchmarkRedisPublish(b *testing.B) {
 	r := testenv.StartRedis(b)
-	br := newRedis(b, redisConfig(r))
-	const publishers = 64
-	m := pubsub.Message{Origin: "bench", Payload: make([]byte, 128)}
-	b.ReportAllocs()
-	b.ResetTimer()
-	start := time.Now()
+	for _, publishers := range []int{1, 64} {
+		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
+			br := newRedis(b, redisConfig(r))
+			m := pubsub.Message{Origin: "bench", Payload: make([]byte, 128)}
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			per := b.N/publishers + 1
+			for range publishers {
+				wg.Go(func() {
+					for range per {
+						if err := br.Publish(context.Background(), "bench", m); err != nil {
+							panic(fmt.Sprint(err))
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+		})
+	}
+}
+
+// TestRedisGoroutinesOwned proves that NewRedis starts no goroutine, that
+// Run's goroutines are the ones goleak would report if they were left
+// behind, and that Close stops every one of them before Run returns.
+func TestRedisGoroutinesOwned(t *testing.T) {
+	r := testenv.StartRedis(t)
+	before := goleak.IgnoreCurrent()
+	b, err := pubsub.NewRedis(redisConfig(r), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("NewRedis started goroutines:\n%v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background()) }()
+	rec := pubsubtest.NewRecorder()
+	stop := pubsubtest.Subscribe(t, b, "owned", rec.Handle)
+	pubsubtest.Publish(t, b, "owned", "m")
+	rec.WaitN(t, 1)
+	if err := goleak.Find(before); err == nil {
+		t.Error("goleak.Find found no goroutine of a running broker: it would not catch a leak")
+	}
+	stop()
+	b.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v after Close, want nil", err)
+	}
+	if err := goleak.Find(before); err != nil {
+		t.Errorf("goroutines left after Close and Run returned:\n%v", err)
+	}
+}
+
+// TestRedisRunEndsWithContext stops a broker by ending Run's context: its
+// methods then answer ErrClosed.
+func TestRedisRunEndsWithContext(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b, err := pubsub.NewRedis(redisConfig(r), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	pubsubtest.Subscribe(t, b, "ctx", func(pubsub.Message) {})
+	if err := b.Run(ctx); err == nil {
+		t.Error("a second Run() = nil, want an error")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run() = %v after its ctx ended, want nil", err)
+	}
+	if err := b.Publish(t.Context(), "ctx", pubsub.Message{}); !errors.Is(err, pubsub.ErrClosed) {
+		t.Errorf("Publish after Run's ctx ended = %v, want ErrClosed", err)
+	}
+}
+
+// TestRedisStopWhileHandlerRuns holds a handler of one channel while a
+// handler of another channel on the same subscriber connection stops: stop
+// needs neither the connection nor the running handler, and the stopped
+// handler is not called again.
+func TestRedisStopWhileHandlerRuns(t *testing.T) {
+	r := testenv.StartRedis(t)
+	cfg := redisConfig(r)
+	cfg.Subscribers = 1 // both channels on one connection
+	b := newRedis(t, cfg)
+	other := pubsubtest.NewRecorder()
+	stopOther := pubsubtest.Subscribe(t, b, "other", other.Handle)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	pubsubtest.Subscribe(t, b, "held", func(pubsub.Message) {
+		once.Do(func() {
+			close(entered)
+			<-release
+		})
+	})
+	pubsubtest.Publish(t, b, "held", "hold")
+	<-entered
+	stopped := make(chan struct{})
+	go func() {
+		stopOther()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second): // a failure bound, not a measure
+		close(release)
+		t.Fatal("stop of one channel waited for a handler of another")
+	}
+	if err := b.Health(); err != nil {
+		t.Errorf("Health() while a handler runs = %v", err)
+	}
+	close(release)
+	pubsubtest.Publish(t, b, "other", "after stop")
+	// The marker, published after "other" on the same connection, proves
+	// absence: once it arrived, a message to "other" would have too.
+	marker := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "other2", marker.Handle)
+	pubsubtest.Publish(t, b, "other2", "marker")
+	marker.WaitN(t, 1)
+	if got := other.Messages(); len(got) != 0 {
+		t.Errorf("stopped handler received %q", payloadsOf(got))
+	}
+}
+
+// TestRedisMetrics registers the broker as a Prometheus collector, as
+// cmd/relay does: its counters appear under the names the dashboard and
+// docs/OPERATIONS.md use, and follow Stats.
+func TestRedisMetrics(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(b); err != nil {
+		t.Fatalf("Register(broker) = %v", err)
+	}
+	pubsubtest.Publish(t, b, "metered", "one")
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		if f.GetType() != dto.MetricType_COUNTER {
+			t.Errorf("%s is a %v, want a counter", f.GetName(), f.GetType())
+		}
+		got[f.GetName()] = f.GetMetric()[0].GetCounter().GetValue()
+	}
+	s := b.Stats()
+	for name, want := range map[string]uint64{
+		"relay_broker_reconnects_total":     s.Reconnects,
+		"relay_broker_resubscribes_total":   s.Resubscribes,
+		"relay_broker_probe_failures_total": s.ProbeFailures,
+		"relay_broker_teardowns_total":      s.Teardowns,
+		"relay_broker_publish_errors_total": s.PublishErrors,
+		"relay_broker_published_total":      s.Published,
+		"relay_broker_pipelines_total":      s.Pipelines,
+	} {
+		if v, ok := got[name]; !ok || v != float64(want) {
+			t.Errorf("%s = %v (exported: %v), want %d as in Stats", name, v, ok, want)
+		}
+	}
+	if len(got) != 7 || got["relay_broker_published_total"] != 1 {
+		t.Errorf("gathered %v, want the 7 broker counters with 1 published", got)
+	}
+}
+
+// TestRedisPublishAbandoned has many publishers give up while they wait in
+// a pipeline's queue, or as they are made its leader: no publish is left
+// hanging, every acknowledged one is delivered, and the pipelines still
+// carry publishes afterwards.
+func TestRedisPublishAbandoned(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "abandoned", rec.Handle)
+	const publishers, each = 32, 100
+	var acked atomic.Int64
 	var wg sync.WaitGroup
-	per := b.N/publishers + 1
-	for range publishers {
+	for p := range publishers {
 		wg.Go(func() {
-			for range per {
-				if err := br.Publish(context.Background(), "bench", m); err != nil {
-					panic(fmt.Sprint(err))
+			for i := range each {
+				ctx, cancel := context.WithCancel(t.Context())
+				if (p+i)%3 == 0 {
+					// Gives up at a random point: before queueing, while
+					// queued, or as it is made the leader (a round trip
+					// on loopback takes some 50-500 us).
+					ctx, cancel = context.WithTimeout(t.Context(), time.Duration(rand.IntN(500))*time.Microsecond)
+				}
+				err := b.Publish(ctx, "abandoned", pubsub.Message{Payload: []byte("m")})
+				cancel()
+				switch {
+				case err == nil:
+					acked.Add(1)
+				case !errors.Is(err, context.DeadlineExceeded):
+					t.Errorf("Publish = %v, want nil or context.DeadlineExceeded", err)
 				}
 			}
 		})
 	}
-	wg.Wait()
-	b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second): // a failure bound, not a measure
+		t.Fatal("publishers still waiting: a pipeline stalled")
+	}
+	// Acknowledged publishes reached Redis before this one: the marker
+	// comes after them. Several in a row go through every pipeline.
+	for range 4 {
+		pubsubtest.Publish(t, b, "abandoned", "marker")
+	}
+	var got, markers int64
+	for seen := 0; markers < 4; {
+		msgs := rec.WaitN(t, seen+1)
+		seen, got, markers = len(msgs), 0, 0
+		for _, m := range msgs {
+			if string(m.Payload) == "marker" {
+				markers++
+			} else if markers == 0 {
+				got++
+			}
+		}
+	}
+	if n := acked.Load(); got < n {
+		t.Errorf("%d messages delivered before the marker, want at least the %d acknowledged", got, n)
+	}
+	t.Logf("%d of %d publishes acknowledged", acked.Load(), publishers*each)
 }

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/term"
 
 	"github.com/relay-pubsub/relay/internal/bench"
@@ -214,6 +215,7 @@ func serve(stderr io.Writer) int {
 		debug.SetGCPercent(defaultGCPercent)
 	}
 
+	reg := prometheus.NewRegistry() // the node's: /metrics serves it
 	var broker pubsub.Broker
 	if cfg.URL == "" {
 		broker = pubsub.NewMemory()
@@ -233,11 +235,17 @@ func serve(stderr io.Writer) int {
 			return 2
 		}
 		broker = rb
+		reg.MustRegister(rb)
 		log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		// The broker runs until Close (deferred below, so it runs first),
+		// after the node drained; its Run returns before this does.
+		brokerDone := make(chan error, 1)
+		go func() { brokerDone <- rb.Run(context.Background()) }()
+		defer func() { <-brokerDone }()
 	}
 	defer broker.Close()
 
-	n, err := node.New(cfg.Config, broker, log)
+	n, err := node.New(cfg.Config, broker, reg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "relay:", oneLine(err))
 		return 2

@@ -19,6 +19,7 @@ import (
 
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/pubsub"
+	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
 )
 
 // Timeout bounds every wait in tests that use this package; it is a
@@ -125,7 +126,7 @@ func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
-		b, err := pubsub.NewRedis(RedisConfig(redisURL), nil)
+		b, err := pubsubtest.RunRedis(t, RedisConfig(redisURL), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -159,7 +160,7 @@ func Start(t testing.TB, cfg node.Config, b pubsub.Broker) *Server {
 // StartWith is Start with log as the node's logger (nil: no logs).
 func StartWith(t testing.TB, cfg node.Config, b pubsub.Broker, log *slog.Logger) *Server {
 	t.Helper()
-	n, err := node.New(cfg, b, log)
+	n, err := node.New(cfg, b, pubsubtest.Registry(b), log)
 	if err != nil {
 		t.Fatalf("node.New: %v", err)
 	}

@@ -7,10 +7,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -97,6 +100,37 @@ func Subscribe(t testing.TB, b pubsub.Broker, channel string, h pubsub.Handler) 
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// RunRedis is pubsub.NewRedis with the broker's Run on a goroutine of its
+// own: at the end of the test, it closes the broker and waits for Run to
+// return. It returns NewRedis's error.
+func RunRedis(t testing.TB, cfg pubsub.RedisConfig, log *slog.Logger) (*pubsub.Redis, error) {
+	t.Helper()
+	b, err := pubsub.NewRedis(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(context.Background()) }()
+	t.Cleanup(func() {
+		b.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Redis.Run: %v", err)
+		}
+	})
+	return b, nil
+}
+
+// Registry returns a new Prometheus registry for a node, with b's metrics
+// registered when b has any (it is a prometheus.Collector, like
+// pubsub.Redis), as cmd/relay registers them.
+func Registry(b pubsub.Broker) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	if c, ok := b.(prometheus.Collector); ok {
+		reg.MustRegister(c)
+	}
+	return reg
 }
 
 // Publish publishes a text message to channel on b, failing t on error.

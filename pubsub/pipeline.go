@@ -1,0 +1,228 @@
+package pubsub
+
+// Publishing: no goroutine of the broker sits between a publisher and
+// Redis. Each pipeline stands for one Redis connection's worth of round
+// trips, one at a time. A publisher that finds a pipeline idle leads it: it
+// sends the round trip itself, with its own message first and whatever other
+// publishers queued behind it meanwhile (at most maxPipeline), so that under
+// load one round trip still carries many publishes. When the round trip is
+// back, the leader wakes the publishers it carried and, if more are queued,
+// makes the first of them the next leader; a publisher is woken once, either
+// with its answer or to lead. A lone publisher, the shape of chat traffic,
+// therefore publishes with no hand-off between goroutines at all, where a
+// dedicated pipeline goroutine cost two wake-ups per message (to it, and back
+// to the publisher).
+//
+// pipeline.mu guards the queue and the leader flag, for memory only: no
+// round trip is made under it. It is never held with any other lock.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// maxPipeline is the most publishes one round trip carries.
+const maxPipeline = 512
+
+type pubReq struct {
+	channel string
+	data    []byte
+	probe   bool
+	// err is the answer of Redis, set before done is signalled.
+	err error
+	// lead is set, under pipeline.mu and before done is signalled, when the
+	// publisher is to send the next round trip (with r first in it).
+	lead bool
+	// done is signalled (buffer 1) once, when the round trip that carried
+	// the request is back or when the request is to lead.
+	done chan struct{}
+}
+
+var pubReqPool = sync.Pool{New: func() any { return &pubReq{done: make(chan struct{}, 1)} }}
+
+// pipeline is one lane of publish round trips; see the comment at the top
+// of this file.
+type pipeline struct {
+	b *Redis
+
+	mu    sync.Mutex
+	busy  bool      // a publisher leads: it sends, or is about to
+	queue []*pubReq // publishes waiting for the next round trip, in order
+	batch []*pubReq // the leader's; reused by each leader in turn
+}
+
+// Publish pipelines m to Redis with whatever else is pending and returns
+// once Redis has answered. When the caller sends the round trip itself, it
+// waits for it however ctx ends: up to the configured Timeout.
+func (b *Redis) Publish(ctx context.Context, channel string, m Message) error {
+	select {
+	case <-b.closing:
+		return ErrClosed
+	default:
+	}
+	if strings.HasPrefix(channel, probePrefix) {
+		return fmt.Errorf("publish %q: %w", channel, errReserved)
+	}
+	r := pubReqPool.Get().(*pubReq)
+	r.channel = b.cfg.Prefix + channel
+	r.data = m.AppendEnvelope(r.data[:0])
+	if err := b.send(ctx, r); err != nil {
+		// r may still be in a round trip: it is left to the garbage
+		// collector.
+		if errors.Is(err, ErrClosed) {
+			return ErrClosed
+		}
+		return fmt.Errorf("publish %q: %w", channel, err)
+	}
+	err := r.err
+	pubReqPool.Put(r)
+	if err != nil {
+		return fmt.Errorf("publish %q: %w: %w", channel, ErrUnavailable, err)
+	}
+	return nil
+}
+
+// send publishes r and returns nil once Redis answered it, the answer in
+// r.err. It returns ctx's error, or ErrClosed, when it stopped waiting
+// first: r then belongs to the round trip that may still carry it.
+func (b *Redis) send(ctx context.Context, r *pubReq) error {
+	r.err, r.lead = nil, false
+	p, lead := b.enqueue(r)
+	if lead {
+		p.lead(r)
+		return nil
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		if !p.abandon(r) {
+			return ctx.Err()
+		}
+	case <-b.closing:
+		if !p.abandon(r) {
+			return ErrClosed
+		}
+	}
+	if r.lead {
+		p.lead(r)
+	}
+	return nil
+}
+
+// enqueue queues r on an idle pipeline, which r then leads, or else on the
+// pipeline with the shortest queue.
+func (b *Redis) enqueue(r *pubReq) (p *pipeline, lead bool) {
+	shortest := -1
+	for _, q := range b.pipes {
+		q.mu.Lock()
+		if !q.busy {
+			q.busy = true
+			q.queue = append(q.queue, r)
+			q.mu.Unlock()
+			return q, true
+		}
+		if n := len(q.queue); shortest < 0 || n < shortest {
+			p, shortest = q, n
+		}
+		q.mu.Unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	lead = !p.busy // it went idle since
+	p.busy = true
+	p.queue = append(p.queue, r)
+	return p, lead
+}
+
+// abandon takes r, whose publisher stopped waiting, out of the queue. It
+// returns false if r was not there any more: a round trip carries it. It
+// returns true if r was made the leader meanwhile: its publisher must lead
+// all the same, or the queue would wait forever; done is then signalled.
+func (p *pipeline) abandon(r *pubReq) bool {
+	p.mu.Lock()
+	lead := r.lead
+	if i := slices.Index(p.queue, r); i >= 0 && !lead {
+		p.queue = slices.Delete(p.queue, i, i+1)
+	}
+	p.mu.Unlock()
+	if lead {
+		<-r.done // sent right after lead was set
+	}
+	return lead
+}
+
+// lead sends one round trip, with r (first in the queue) and the publishes
+// queued behind it, then wakes them and hands the pipeline to the next
+// publisher queued, if any.
+func (p *pipeline) lead(r *pubReq) {
+	p.mu.Lock()
+	n := min(len(p.queue), maxPipeline)
+	batch := append(p.batch[:0], p.queue[:n]...)
+	p.queue = p.queue[:copy(p.queue, p.queue[n:])]
+	p.mu.Unlock()
+
+	p.b.roundTrip(batch)
+	for i, q := range batch {
+		batch[i] = nil
+		if q != r {
+			q.done <- struct{}{} // q belongs to its publisher from here on
+		}
+	}
+
+	p.mu.Lock()
+	p.batch = batch[:0]
+	var next *pubReq
+	if len(p.queue) == 0 {
+		p.busy = false
+	} else {
+		next = p.queue[0]
+		next.lead = true
+	}
+	p.mu.Unlock()
+	if next != nil {
+		next.done <- struct{}{}
+	}
+}
+
+// roundTrip sends batch to Redis as one pipeline and sets the answer of
+// each request.
+func (b *Redis) roundTrip(batch []*pubReq) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	pipe := b.client.Pipeline()
+	for _, r := range batch {
+		pipe.Publish(ctx, r.channel, r.data)
+	}
+	cmds, err := pipe.Exec(ctx)
+	cancel()
+	var ok, failed uint64
+	var firstErr error
+	for i, r := range batch {
+		rerr := err
+		if i < len(cmds) {
+			rerr = cmds[i].Err()
+		}
+		if rerr != nil && firstErr == nil {
+			firstErr = rerr
+		}
+		if !r.probe {
+			if rerr == nil {
+				ok++
+			} else {
+				failed++
+			}
+		}
+		r.err = rerr
+	}
+	// Counted before any publisher returns, so that a caller reading Stats
+	// after Publish sees its message.
+	b.stats.pipelines.Add(1)
+	b.stats.published.Add(ok)
+	b.stats.publishErrors.Add(failed)
+	b.pubMu.Lock()
+	b.pubErr = firstErr
+	b.pubMu.Unlock()
+}

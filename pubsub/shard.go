@@ -1,0 +1,567 @@
+package pubsub
+
+// Ownership and lock order of a shard.
+//
+// A shard is one Redis subscriber connection and the channels it carries.
+//
+//   - run, one goroutine per shard started by Redis.Run, owns the
+//     connection. It dials it, is the only goroutine that writes to it
+//     (SUBSCRIBE and UNSUBSCRIBE, batched: whatever changed since its last
+//     write goes out as one command of each kind), replaces it when it
+//     fails, and waits for the connection's receiver before dialing again.
+//   - receive, one goroutine per connection started and waited for by run,
+//     reads the connection: it calls the handlers of each message, hands
+//     probes to the prober and counts subscribe confirmations, which make
+//     the waiting Subscribe calls return.
+//   - add and remove (Subscribe and its stop) change the shard's state
+//     under mu and wake run; they never touch the connection.
+//   - the prober and stop (Close, or the end of Run) close the connection
+//     to make its receiver return, outside every lock of the shard.
+//
+// Locks, each held for memory only: never across a network read or write,
+// nor while a handler runs.
+//
+//   - shard.mu guards the shard's state: the connection, the channels with
+//     handlers and what the connection was told about them.
+//   - shard.hmu guards what Health reads, so that Health never waits on mu.
+//     It is taken with mu held, or alone.
+//   - redisChan.dmu is held by receive while it calls the handlers of that
+//     channel for one message, and taken and released by remove after it
+//     removed its handler, so that stop returns only once no call of that
+//     handler is in progress. It is never held with mu, in either order.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+type shard struct {
+	b         *Redis
+	idx       int
+	probeChan string // the full Redis channel
+	// probeWant is the sequence number of the probe in flight, 0 for none.
+	probeWant atomic.Uint64
+	// wake tells run that channels came or went (buffer 1).
+	wake chan struct{}
+	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
+	retry chan struct{}
+
+	mu    sync.Mutex
+	ps    *redis.PubSub // the live connection; nil when there is none
+	state shardState
+	// cause is why the broker closed ps itself, nil if it did not.
+	cause error
+	torn  bool // cause is a probe failure
+	// downc is closed, and replaced, whenever a connection attempt fails:
+	// it fails Subscribe calls waiting for the connection.
+	downc chan struct{}
+	// chans holds the channels with handlers: those the shard wants
+	// subscribed.
+	chans map[string]*redisChan
+	// sent holds the channels for which the last command run decided to
+	// write on ps is SUBSCRIBE.
+	sent map[string]struct{}
+	// dirty holds the channels added or removed since run last compared
+	// chans with sent.
+	dirty map[string]struct{}
+	// pending counts, per channel, the subscribe confirmations Redis still
+	// owes on this connection for SUBSCRIBE commands already decided.
+	pending map[string]int
+	// resub holds the channels subscribed when ps was opened whose
+	// confirmation has not come yet; gap those that were live before.
+	resub           map[string]struct{}
+	gap             []string
+	probeSubscribed bool
+	live            bool // connected and every subscription confirmed
+	connectedAt     time.Time
+
+	hmu      sync.Mutex
+	status   string // why the shard is not live; "" when it is
+	err      error  // last connection error
+	probeErr error  // last probe failure, nil after a probe came back
+}
+
+type shardState int
+
+const (
+	stateConnecting shardState = iota // opening a connection
+	stateDown                         // the last attempt failed; retrying
+	stateUp                           // connected
+)
+
+type redisChan struct {
+	// subs is replaced, never modified in place, under shard.mu; receive
+	// reads it under dmu.
+	subs  atomic.Pointer[[]*redisSub]
+	dmu   sync.Mutex
+	need  int           // under shard.mu: confirmations to see before the channel is live
+	ready chan struct{} // closed once live
+}
+
+type redisSub struct{ h Handler }
+
+func newShard(b *Redis, idx int) *shard {
+	return &shard{
+		b:         b,
+		idx:       idx,
+		probeChan: b.cfg.Prefix + probePrefix + b.cfg.Instance + ":" + strconv.Itoa(idx),
+		wake:      make(chan struct{}, 1),
+		retry:     make(chan struct{}, 1),
+		chans:     make(map[string]*redisChan),
+		sent:      make(map[string]struct{}),
+		dirty:     make(map[string]struct{}),
+		pending:   make(map[string]int),
+		downc:     make(chan struct{}),
+		status:    "connecting",
+	}
+}
+
+func (sh *shard) setStatus(status string, err error) {
+	sh.hmu.Lock()
+	sh.status = status
+	if err != nil {
+		sh.err = err
+	}
+	sh.hmu.Unlock()
+}
+
+func (sh *shard) setProbeErr(err error) {
+	sh.hmu.Lock()
+	sh.probeErr = err
+	sh.hmu.Unlock()
+}
+
+func (sh *shard) lastErr() error {
+	sh.hmu.Lock()
+	defer sh.hmu.Unlock()
+	if sh.err == nil {
+		return errors.New("no connection to Redis")
+	}
+	return sh.err
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// up reports whether the shard has a connection it did not close; sh.mu is
+// held.
+func (sh *shard) up() bool { return sh.state == stateUp && sh.cause == nil }
+
+// add registers sub for channel and returns the channel's state, whose
+// ready is closed once the subscription is live upstream, and the channel
+// closed when the next connection attempt fails. A new channel is
+// subscribed by run, on the live connection or the next.
+func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if rc := sh.chans[channel]; rc != nil {
+		subs := append(slices.Clip(*rc.subs.Load()), sub)
+		rc.subs.Store(&subs)
+		return rc, sh.downc
+	}
+	rc := &redisChan{ready: make(chan struct{})}
+	rc.subs.Store(&[]*redisSub{sub})
+	sh.chans[channel] = rc
+	_, sent := sh.sent[channel]
+	switch {
+	case !sh.up():
+		// The next connection subscribes it; while Redis is down, try
+		// that now rather than after the backoff.
+		rc.need = 1
+		signal(sh.retry)
+	case sent:
+		// Still subscribed upstream: live once the confirmations owed
+		// are in, at once if none is.
+		rc.need = sh.pending[channel]
+		if rc.need == 0 {
+			close(rc.ready)
+		}
+	default:
+		// Confirmations owed for earlier SUBSCRIBEs, followed by an
+		// UNSUBSCRIBE, do not count: it waits for the SUBSCRIBE run
+		// writes next.
+		rc.need = sh.pending[channel] + 1
+		sh.dirty[channel] = struct{}{}
+		signal(sh.wake)
+	}
+	return rc, sh.downc
+}
+
+// remove unregisters sub for channel; run unsubscribes the channel when it
+// was the last. It returns once no call of sub's handler is in progress:
+// receive reads the handlers of a message under the channel's dmu.
+func (sh *shard) remove(channel string, sub *redisSub) {
+	sh.mu.Lock()
+	rc := sh.chans[channel]
+	if rc == nil {
+		sh.mu.Unlock()
+		return
+	}
+	subs := *rc.subs.Load()
+	if i := slices.Index(subs, sub); i >= 0 {
+		subs = slices.Delete(slices.Clone(subs), i, i+1)
+		rc.subs.Store(&subs)
+	}
+	if len(subs) == 0 {
+		delete(sh.chans, channel)
+		if sh.up() {
+			sh.dirty[channel] = struct{}{}
+			signal(sh.wake)
+		}
+	}
+	sh.mu.Unlock()
+	// An empty critical section: it waits for a dispatch in progress.
+	rc.dmu.Lock()
+	//lint:ignore SA2001 waiting is the point
+	rc.dmu.Unlock()
+}
+
+func (sh *shard) unpend(channel string) {
+	if sh.pending[channel]--; sh.pending[channel] <= 0 {
+		delete(sh.pending, channel)
+	}
+}
+
+// sync writes on ps the SUBSCRIBE and UNSUBSCRIBE commands that bring it in
+// line with the channels wanted; only run calls it.
+func (sh *shard) sync(ps *redis.PubSub) {
+	prefix := sh.b.cfg.Prefix
+	var subs, unsubs []string
+	sh.mu.Lock()
+	if sh.ps != ps || !sh.up() {
+		sh.mu.Unlock()
+		return // the next connection subscribes what is wanted then
+	}
+	for ch := range sh.dirty {
+		_, want := sh.chans[ch]
+		_, sent := sh.sent[ch]
+		switch {
+		case want && !sent:
+			sh.sent[ch] = struct{}{}
+			sh.pending[ch]++
+			subs = append(subs, prefix+ch)
+		case !want && sent:
+			delete(sh.sent, ch)
+			unsubs = append(unsubs, prefix+ch)
+		}
+	}
+	clear(sh.dirty)
+	sh.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(sh.b.ctx, sh.b.cfg.Timeout)
+	defer cancel()
+	var err error
+	if len(unsubs) > 0 { // none would mean every channel
+		if err = ps.Unsubscribe(ctx, unsubs...); err != nil {
+			err = fmt.Errorf("unsubscribe: %w", err)
+		}
+	}
+	if err == nil && len(subs) > 0 {
+		if err = ps.Subscribe(ctx, subs...); err != nil {
+			err = fmt.Errorf("subscribe: %w", err)
+		}
+	}
+	if err != nil {
+		// The connection is broken: replace it. Its channels stay, and
+		// their Subscribe calls wait for the next connection.
+		sh.breakConn(ps, err, false)
+	}
+}
+
+// breakConn closes ps, if it is still the shard's live connection, so that
+// run replaces it. It reports whether it did.
+func (sh *shard) breakConn(ps *redis.PubSub, cause error, torn bool) bool {
+	sh.mu.Lock()
+	if sh.ps != ps || !sh.up() {
+		sh.mu.Unlock()
+		return false
+	}
+	sh.cause, sh.torn = cause, torn
+	sh.setStatus("closed: "+cause.Error(), nil)
+	sh.mu.Unlock()
+	ps.Close() // its receiver returns an error
+	return true
+}
+
+// run owns the shard's connection until the broker stops: it opens it,
+// writes what add and remove ask, and replaces it with backoff when it
+// fails or is torn down.
+func (sh *shard) run() {
+	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
+	backoff := minBackoff
+	log := sh.b.log
+	opened := false // a connection was open before: the next is a reconnect
+	outage := false // the current outage is logged
+	for {
+		ps, err := sh.connect()
+		if err != nil {
+			if sh.closed() {
+				return
+			}
+			sh.down(err)
+			if !outage {
+				outage = true
+				log.Warn("redis subscriber connection failed", "shard", sh.idx, "err", err)
+			}
+			// A waiting Subscribe cuts the backoff short, but attempts
+			// stay minBackoff apart however many come.
+			if !sh.wait(minBackoff, nil) || !sh.wait(backoff-minBackoff, sh.retry) {
+				return
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff = minBackoff
+		if opened {
+			sh.b.stats.reconnects.Add(1)
+		}
+		live, err := sh.serve(ps, opened, outage)
+		opened = true
+		if live {
+			outage = false
+		}
+		if sh.closed() {
+			ps.Close()
+			return
+		}
+		cause, torn := sh.lost(ps, err)
+		switch {
+		case torn:
+			log.Warn("redis subscriber connection torn down", "shard", sh.idx, "err", cause)
+		case !outage:
+			log.Warn("redis subscriber connection lost", "shard", sh.idx, "err", cause)
+		}
+		outage = true
+	}
+}
+
+// serve runs the receiver of ps and writes to ps what add and remove ask,
+// until the receiver returns; it reports what receive returned.
+func (sh *shard) serve(ps *redis.PubSub, reconnect, outage bool) (live bool, err error) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		live, err = sh.receive(ps, reconnect, outage)
+	}()
+	for {
+		select {
+		case <-sh.wake:
+			sh.sync(ps)
+		case <-done:
+			return live, err
+		}
+	}
+}
+
+// wait waits for d to pass or a value on cut, and reports false if the
+// broker stopped first.
+func (sh *shard) wait(d time.Duration, cut <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-cut:
+	case <-sh.b.closing:
+		return false
+	}
+	return true
+}
+
+func (sh *shard) closed() bool {
+	select {
+	case <-sh.b.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// connect opens a connection, subscribes the probe channel and every
+// channel of the shard on it, and makes it the shard's connection.
+func (sh *shard) connect() (*redis.PubSub, error) {
+	b := sh.b
+	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	defer cancel()
+	ps := b.client.Subscribe(ctx) // no I/O without channels
+	if err := ps.Subscribe(ctx, sh.probeChan); err != nil {
+		ps.Close()
+		return nil, err
+	}
+	sh.mu.Lock()
+	if sh.closed() { // stop did not see ps
+		sh.mu.Unlock()
+		ps.Close()
+		return nil, ErrClosed
+	}
+	full := make([]string, 0, len(sh.chans))
+	clear(sh.sent)
+	clear(sh.dirty)
+	sh.pending = make(map[string]int, len(sh.chans))
+	sh.resub = make(map[string]struct{}, len(sh.chans))
+	sh.gap = sh.gap[:0]
+	for ch, rc := range sh.chans {
+		full = append(full, b.cfg.Prefix+ch)
+		sh.sent[ch] = struct{}{}
+		sh.pending[ch] = 1
+		sh.resub[ch] = struct{}{}
+		if rc.need > 0 {
+			rc.need = 1 // a waiting Subscribe: no gap, this is its first
+		} else {
+			sh.gap = append(sh.gap, ch)
+		}
+	}
+	sh.ps, sh.state, sh.cause, sh.torn = ps, stateUp, nil, false
+	sh.probeSubscribed, sh.live = false, false
+	sh.connectedAt = time.Now()
+	sh.setStatus(fmt.Sprintf("subscribing %d channels", len(full)), nil)
+	sh.mu.Unlock()
+	// Written outside mu: add and remove go on meanwhile, and what they
+	// change is written by run next, after this.
+	if len(full) > 0 {
+		if err := ps.Subscribe(ctx, full...); err != nil {
+			sh.mu.Lock()
+			sh.ps, sh.state = nil, stateConnecting
+			sh.mu.Unlock()
+			ps.Close()
+			return nil, err
+		}
+	}
+	return ps, nil
+}
+
+// down records a failed connection attempt and fails the Subscribe calls
+// waiting for it.
+func (sh *shard) down(err error) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	sh.state = stateDown
+	close(sh.downc)
+	sh.downc = make(chan struct{})
+	sh.setStatus("down: "+err.Error(), err)
+}
+
+// lost forgets the shard's connection ps after receiving from it failed
+// with err, and returns why it ended: the broker's own cause if it closed
+// ps, else err.
+func (sh *shard) lost(ps *redis.PubSub, err error) (cause error, torn bool) {
+	sh.mu.Lock()
+	cause, torn = sh.cause, sh.torn
+	if cause == nil {
+		cause = err
+	}
+	sh.ps, sh.state, sh.cause, sh.torn = nil, stateConnecting, nil, false
+	sh.live = false
+	sh.setStatus("reconnecting after: "+cause.Error(), cause)
+	sh.mu.Unlock()
+	ps.Close()
+	return cause, torn
+}
+
+// receive reads ps until it fails: it dispatches messages, hands probes to
+// the prober and counts subscribe confirmations. It reports whether the
+// connection went live, every subscription confirmed: that is when an
+// outage ends and, on a reconnect, when the gap is reported.
+func (sh *shard) receive(ps *redis.PubSub, reconnect, outage bool) (live bool, err error) {
+	for {
+		msg, err := ps.Receive(sh.b.ctx)
+		if err != nil {
+			return live, err
+		}
+		switch msg := msg.(type) {
+		case *redis.Message:
+			if msg.Channel == sh.probeChan {
+				sh.probeBack(msg.Payload)
+				continue
+			}
+			sh.dispatch(msg)
+		case *redis.Subscription:
+			if msg.Kind != "subscribe" {
+				continue
+			}
+			if gap, ok := sh.confirm(msg.Channel); ok {
+				live = true
+				sh.wentLive(gap, reconnect, outage)
+			}
+		}
+	}
+}
+
+func (sh *shard) wentLive(gap []string, reconnect, outage bool) {
+	if outage {
+		sh.b.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", len(gap))
+	}
+	if !reconnect || len(gap) == 0 {
+		return
+	}
+	sh.b.stats.resubscribes.Add(1)
+	if sh.b.cfg.OnGap != nil {
+		sh.b.cfg.OnGap(gap)
+	}
+}
+
+// confirm counts a subscribe confirmation of the Redis channel full. It
+// returns true, with the channels of the gap, when it was the last the
+// connection was waiting for.
+func (sh *shard) confirm(full string) (gap []string, live bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if full == sh.probeChan {
+		sh.probeSubscribed = true
+	} else if channel, ok := strings.CutPrefix(full, sh.b.cfg.Prefix); ok {
+		if sh.pending[channel] > 0 {
+			sh.unpend(channel)
+		}
+		delete(sh.resub, channel)
+		if rc := sh.chans[channel]; rc != nil && rc.need > 0 {
+			if rc.need--; rc.need == 0 {
+				close(rc.ready)
+			}
+		}
+	}
+	if sh.live || !sh.probeSubscribed || len(sh.resub) > 0 {
+		return nil, false
+	}
+	sh.live = true
+	sh.setStatus("", nil)
+	for _, ch := range sh.gap {
+		if sh.chans[ch] != nil {
+			gap = append(gap, ch)
+		}
+	}
+	sh.gap = sh.gap[:0]
+	return gap, true
+}
+
+// dispatch calls the handlers of msg's channel, without mu held.
+func (sh *shard) dispatch(msg *redis.Message) {
+	channel, ok := strings.CutPrefix(msg.Channel, sh.b.cfg.Prefix)
+	if !ok {
+		return
+	}
+	sh.mu.Lock()
+	rc := sh.chans[channel]
+	live := rc != nil && rc.need == 0
+	sh.mu.Unlock()
+	if !live {
+		return
+	}
+	m := DecodeEnvelope([]byte(msg.Payload))
+	rc.dmu.Lock()
+	defer rc.dmu.Unlock()
+	for _, s := range *rc.subs.Load() {
+		s.h(m)
+	}
+}
