@@ -131,6 +131,30 @@ func try(t *testing.T, addr string, cr carrier, tok string) refusal {
 	return refusal{status: http.StatusSwitchingProtocols, reason: r.Error.Reason, close: ce.Code}
 }
 
+// hugeConnect sends a connect command larger than RELAY_MAX_MESSAGE_BYTES.
+// The node closes with 1009 as soon as it reads the frame's header, while
+// the client may still be writing the frame, so the client can see a
+// reset instead of the close frame; the node's log says which code it sent.
+func hugeConnect(t *testing.T, n *testenv.Relay, cr carrier, tok string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, "ws://"+n.Addr+cr.path, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer ws.CloseNow()
+	cmd, _ := json.Marshal(map[string]any{"id": 1, "cmd": "connect", "token": tok})
+	if err := ws.Write(ctx, websocket.MessageText, cmd); err == nil {
+		if _, _, err := ws.Read(ctx); websocket.CloseStatus(err) != -1 && websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+			t.Fatalf("read after a 100 KB connect: %v, want close 1009", err)
+		}
+	}
+	n.WaitLog(t, 20*time.Second, func(l map[string]any) bool {
+		return l["msg"] == "conn closed" && l["code"] == float64(websocket.StatusMessageTooBig)
+	})
+}
+
 // TestTokenRefusals: every bad token, against real relay processes, in
 // raw and protocol mode, over each carrier, is refused with its reason:
 // 401 before the upgrade, or a connect error and close 4002. The token is
@@ -207,6 +231,10 @@ func TestTokenRefusals(t *testing.T) {
 	huge := strings.Repeat("a", 100<<10)
 	for _, cr := range carriers {
 		t.Run("100 KB/"+cr.name, func(t *testing.T) {
+			if cr.how == "connect" {
+				hugeConnect(t, hmacNode, cr, huge)
+				return
+			}
 			got := try(t, hmacNode.Addr, cr, huge)
 			want := refusal{status: http.StatusRequestHeaderFieldsTooLarge}
 			if cr.how == "connect" {
