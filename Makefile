@@ -53,13 +53,15 @@ browser-check:
 	cd internal/browsertest && RELAY_ARTIFACTS_DIR=$(CURDIR)/bin/browsertest $(GO) test -race -count=1 -timeout 10m ./...
 	@echo "browser-check: screenshots in bin/browsertest/"
 
-# The real Dockerfile and docker-compose.yml, run for real with locally
-# built stand-ins of the upstream images (no registry is needed): three
-# nodes behind nginx, a node and Redis stopped and started. Installs Docker,
-# docker-compose and debootstrap when missing (as root).
+# The README's `docker-compose up --build` on the real Dockerfile and
+# docker-compose.yml, with locally built stand-ins tagged under the upstream
+# image names (no registry is needed): three nodes behind nginx, the
+# monitoring profile's Prometheus scraping them, a node and Redis stopped
+# and started. Installs Docker, docker-compose and debootstrap when missing
+# (as root).
 compose-e2e:
 	internal/deploytest/prepare.sh
-	cd internal/deploytest && $(GO) test -tags compose -count=1 -run TestComposeE2E -timeout 20m -v ./...
+	cd internal/deploytest && $(GO) test -tags compose -count=1 -run TestComposeE2E -timeout 25m -v ./...
 
 # Every Go benchmark once, so that none rots between `make bench` runs.
 benchsmoke:

@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,6 +39,7 @@ func getJSON(t *testing.T, url string, v any) int {
 type readiness struct {
 	Ready   bool
 	Node    string
+	Failing []string
 	Reasons []string
 }
 
@@ -62,8 +67,11 @@ func TestConnectionLimit(t *testing.T) {
 		t.Fatalf("third upgrade: HTTP %d, want 503", status)
 	}
 	var r readiness
-	if code := getJSON(t, s.URL+"/readyz", &r); code != 503 || r.Ready || !strings.Contains(strings.Join(r.Reasons, ","), "connection limit") {
-		t.Errorf("/readyz at the limit = %d %+v, want 503 with the reason", code, r)
+	if code := getJSON(t, s.URL+"/readyz", &r); code != 503 || r.Ready || !slices.Equal(r.Failing, []string{"connections"}) {
+		t.Errorf("/readyz at the limit = %d %+v, want 503 failing [connections]", code, r)
+	}
+	if code := getJSON(t, s.URL+"/readyz/details", &r); code != 503 || !strings.Contains(strings.Join(r.Reasons, ","), "connection limit") {
+		t.Errorf("/readyz/details at the limit = %d %+v, want 503 with the reason", code, r)
 	}
 	a.Close(websocket.StatusNormalClosure, "")
 	// The slot is released when the node has closed its side; no event
@@ -194,6 +202,28 @@ func TestMetricsExact(t *testing.T) {
 	}
 }
 
+// checkPublicReadyz: with Redis (at redisURL) down, /readyz names the
+// failing component and nothing else: no address, no error text.
+func checkPublicReadyz(t *testing.T, base, redisURL string) {
+	t.Helper()
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var raw map[string]any
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatalf("/readyz body %q: %v", body, err)
+	}
+	keys := slices.Sorted(maps.Keys(raw))
+	u, _ := url.Parse(redisURL)
+	if resp.StatusCode != 503 || !slices.Equal(keys, []string{"failing", "node", "ready"}) ||
+		fmt.Sprint(raw["failing"]) != "[broker]" || strings.Contains(string(body), u.Port()) {
+		t.Errorf("/readyz with Redis down = %d %s, want 503 with ready, node and failing [broker] only", resp.StatusCode, body)
+	}
+}
+
 func TestReadyzJSON(t *testing.T) {
 	s := single(t)
 	resp, err := http.Get(s.URL + "/readyz")
@@ -223,8 +253,9 @@ func TestBrokerOutage(t *testing.T) {
 	r.Stop()
 	var rd readiness
 	testenv.WaitFor(t, nodetest.Timeout, "/readyz to fail", func() bool { return getJSON(t, s.URL+"/readyz", &rd) == 503 })
-	if !strings.HasPrefix(strings.Join(rd.Reasons, ","), "broker") {
-		t.Errorf("/readyz reasons %v, want the broker", rd.Reasons)
+	checkPublicReadyz(t, s.URL, r.URL())
+	if getJSON(t, s.URL+"/readyz/details", &rd); len(rd.Reasons) == 0 || !strings.HasPrefix(rd.Reasons[0], "broker: ") {
+		t.Errorf("/readyz/details reasons %v, want the broker's error", rd.Reasons)
 	}
 	if got := testenv.Metrics(t, s.URL)["relay_broker_up"]; got != 0 {
 		t.Errorf("relay_broker_up = %v with Redis down, want 0", got)

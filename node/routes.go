@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,7 @@ func (n *Node) routes() {
 	mux.HandleFunc("GET /relay.js", web.ServeScript)
 	mux.HandleFunc("GET /healthz", n.serveHealth)
 	mux.HandleFunc("GET /readyz", n.serveReady)
+	mux.HandleFunc("GET /readyz/details", n.serveReadyDetails)
 	mux.Handle("/api/", newAPI(n)) // POST /api/publish[/batch], docs/API.md
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -103,24 +105,77 @@ func (n *Node) serveHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveReady answers GET /readyz: 200 when the node takes new connections,
-// 503 with the reasons when not.
+// 503 naming the failing components when not. The answer may travel
+// through a public load balancer, so it names components only: which
+// address or error is behind one is in the log, the metrics and
+// serveReadyDetails.
 func (n *Node) serveReady(w http.ResponseWriter, r *http.Request) {
 	why := n.notReady()
 	_, stale := n.verifier.Status()
+	body := readiness{Ready: len(why) == 0, Node: n.id, Failing: failing(why)}
+	if len(stale) > 0 {
+		body.Degraded = []string{"jwks"}
+	}
+	writeReady(w, body)
+}
+
+// serveReadyDetails answers GET /readyz/details: /readyz's answer plus
+// each reason in full (addresses, error text). For operators on the
+// node's own port; a load balancer in front must not route it
+// (deploy/nginx.conf answers it 404, as it does /metrics).
+func (n *Node) serveReadyDetails(w http.ResponseWriter, r *http.Request) {
+	why := n.notReady()
+	_, stale := n.verifier.Status()
+	body := readiness{Ready: len(why) == 0, Node: n.id, Failing: failing(why), Reasons: why, Warnings: stale}
+	if len(stale) > 0 {
+		body.Degraded = []string{"jwks"}
+	}
+	writeReady(w, body)
+}
+
+// readiness is the body of /readyz and /readyz/details.
+type readiness struct {
+	Ready   bool     `json:"ready"`
+	Node    string   `json:"node"`
+	Failing []string `json:"failing,omitempty"`
+	// Degraded names what is degraded but still serving: jwks, a key set
+	// whose last read failed, its last good keys in use.
+	Degraded []string `json:"degraded,omitempty"`
+	Reasons  []string `json:"reasons,omitempty"`  // details only
+	Warnings []string `json:"warnings,omitempty"` // details only: what is degraded, in full
+}
+
+func writeReady(w http.ResponseWriter, body readiness) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	status := http.StatusOK
-	if len(why) > 0 {
+	if !body.Ready {
 		status = http.StatusServiceUnavailable
 	}
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(struct {
-		Ready   bool     `json:"ready"`
-		Node    string   `json:"node"`
-		Reasons []string `json:"reasons,omitempty"`
-		// Warnings say what is degraded but still serving (a JWKS whose
-		// last read failed).
-		Warnings []string `json:"warnings,omitempty"`
-	}{len(why) == 0, n.id, why, stale})
+	json.NewEncoder(w).Encode(body)
+}
+
+// failing names the component behind each reason of notReady: draining,
+// broker, jwks (a key set never read well) or connections (at the
+// connection limit).
+func failing(why []string) []string {
+	var names []string
+	for _, reason := range why {
+		name := "connections"
+		switch {
+		case reason == "draining":
+			name = "draining"
+		case strings.HasPrefix(reason, "broker"):
+			name = "broker"
+		case strings.HasPrefix(reason, "jwks"):
+			name = "jwks"
+		}
+		if !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 // serveRaw is raw channel mode: GET /ws/{channel}. Every message the client

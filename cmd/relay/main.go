@@ -159,7 +159,7 @@ func loadConfig() (config, error) {
 		return cfg, err
 	}
 	if err := envconfig.Process(prefix, &cfg); err != nil {
-		return cfg, err
+		return cfg, configError(err)
 	}
 	if cfg.AuthTokensFile != "" {
 		tokens, err := node.ReadTokenFile(cfg.AuthTokensFile)
@@ -189,7 +189,7 @@ func loadConfig() (config, error) {
 func newLogger(cfg config, w io.Writer) *slog.Logger {
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(cfg.LogLevel))
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: durationString}
 	text := cfg.LogFormat == "text"
 	if cfg.LogFormat == "auto" {
 		f, ok := w.(*os.File)
@@ -208,6 +208,7 @@ func serve(stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	setRedisLogger(log)
 	if os.Getenv("GOGC") == "" {
 		// A node's live heap is mostly connections and it allocates little
 		// per message: a tighter GC target costs little CPU and keeps the

@@ -28,9 +28,9 @@ func readyStatus(t *testing.T, addr string) (int, []string) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var body struct{ Reasons []string }
+	var body struct{ Failing []string }
 	json.NewDecoder(resp.Body).Decode(&body)
-	return resp.StatusCode, body.Reasons
+	return resp.StatusCode, body.Failing
 }
 
 // TestDrain: SIGTERM to a node with 200 clients: readiness fails at once,

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,14 +12,16 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"sigs.k8s.io/yaml"
 )
 
 // relayServices are the node services of docker-compose.yml.
 var relayServices = []string{"relay-1", "relay-2", "relay-3"}
 
 // loadCompose loads docker-compose.yml as today's `docker compose` does,
-// with schema validation, interpolating from env only.
-func loadCompose(t *testing.T, env []string) *types.Project {
+// with schema validation, interpolating from env only, with the given
+// profiles enabled.
+func loadCompose(t *testing.T, env []string, profiles ...string) *types.Project {
 	t.Helper()
 	root := repoRoot(t)
 	opts, err := cli.NewProjectOptions(
@@ -28,6 +31,7 @@ func loadCompose(t *testing.T, env []string) *types.Project {
 		cli.WithEnv(env),
 		cli.WithInterpolation(true),
 		cli.WithResolvedPaths(true),
+		cli.WithProfiles(profiles),
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -172,9 +176,21 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"proxy_set_header Upgrade $http_upgrade", "proxy_set_header Connection $connection_upgrade",
-		"proxy_http_version 1.1", "proxy_read_timeout", "proxy_connect_timeout", "max_fails=", "fail_timeout="} {
+		"proxy_http_version 1.1", "proxy_read_timeout", "proxy_connect_timeout", "max_fails=", "fail_timeout=",
+		"least_conn;", "location = /metrics {\n            return 404;", "location = /readyz/details {\n            return 404;"} {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("deploy/nginx.conf lacks %q", want)
+		}
+	}
+
+	if hc := lb.HealthCheck; hc == nil || !strings.Contains(strings.Join(hc.Test, " "), "/lb-healthz") {
+		t.Errorf("lb healthcheck = %+v, want a GET of /lb-healthz", lb.HealthCheck)
+	}
+
+	// The monitoring profile is off unless asked for.
+	for _, name := range []string{"prometheus", "grafana"} {
+		if _, err := p.GetService(name); err == nil {
+			t.Errorf("%s runs without --profile monitoring", name)
 		}
 	}
 
@@ -182,5 +198,163 @@ func TestComposeFile(t *testing.T) {
 	p2 := loadCompose(t, []string{"RELAY_PORT=18080", "RELAY_BIND=0.0.0.0"})
 	if lb2, err := p2.GetService("lb"); err != nil || lb2.Ports[0].Published != "18080" || lb2.Ports[0].HostIP != "0.0.0.0" {
 		t.Errorf("RELAY_PORT/RELAY_BIND do not move the published port: %+v", lb2.Ports)
+	}
+}
+
+// TestComposeMonitoring checks the files of the profile monitoring:
+// Prometheus scrapes every node on its own port inside the compose
+// network, Grafana gets the shipped dashboard and Prometheus as its data
+// source. The end-to-end test runs the Prometheus half for real; Grafana
+// has no stand-in (Debian does not package it), so this is its test.
+func TestComposeMonitoring(t *testing.T) {
+	root := repoRoot(t)
+	p := loadCompose(t, nil, "monitoring")
+	svc := func(name string) types.ServiceConfig {
+		t.Helper()
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatalf("service %s with --profile monitoring: %v", name, err)
+		}
+		if !slices.Equal(s.Profiles, []string{"monitoring"}) {
+			t.Errorf("%s: profiles = %v, want [monitoring]", name, s.Profiles)
+		}
+		return s
+	}
+	mounts := func(s types.ServiceConfig, src, target string) bool {
+		return slices.ContainsFunc(s.Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.Type == types.VolumeTypeBind && v.Source == filepath.Join(root, src) && v.Target == target && v.ReadOnly
+		})
+	}
+	published := func(s types.ServiceConfig, target uint32, port string) {
+		t.Helper()
+		if len(s.Ports) != 1 || s.Ports[0].Target != target || s.Ports[0].Published != port || s.Ports[0].HostIP != "127.0.0.1" {
+			t.Errorf("%s ports = %+v, want 127.0.0.1:%s->%d by default", s.Name, s.Ports, port, target)
+		}
+	}
+	pinned := func(s types.ServiceConfig, repo string) {
+		t.Helper()
+		tag, ok := strings.CutPrefix(s.Image, repo+":")
+		if !ok || tag == "" || tag == "latest" {
+			t.Errorf("%s image = %q, want %s with a pinned tag", s.Name, s.Image, repo)
+		}
+	}
+
+	prom := svc("prometheus")
+	pinned(prom, "prom/prometheus")
+	published(prom, 9090, "9090")
+	if !mounts(prom, "deploy/prometheus.yml", "/etc/prometheus/prometheus.yml") {
+		t.Errorf("prometheus volumes = %+v, want deploy/prometheus.yml read-only on /etc/prometheus/prometheus.yml", prom.Volumes)
+	}
+	if !slices.Contains(prom.Command, "--config.file=/etc/prometheus/prometheus.yml") {
+		t.Errorf("prometheus command = %v, want --config.file=/etc/prometheus/prometheus.yml", prom.Command)
+	}
+	var promConf struct {
+		ScrapeConfigs []struct {
+			JobName       string `json:"job_name"`
+			MetricsPath   string `json:"metrics_path"`
+			StaticConfigs []struct {
+				Targets []string `json:"targets"`
+			} `json:"static_configs"`
+		} `json:"scrape_configs"`
+	}
+	readYAML(t, filepath.Join(root, "deploy", "prometheus.yml"), &promConf)
+	var targets []string
+	for _, sc := range promConf.ScrapeConfigs {
+		if sc.JobName != "relay" || (sc.MetricsPath != "" && sc.MetricsPath != "/metrics") {
+			continue
+		}
+		for _, st := range sc.StaticConfigs {
+			targets = append(targets, st.Targets...)
+		}
+	}
+	slices.Sort(targets)
+	var want []string
+	for _, name := range relayServices {
+		// The node's own port: RELAY_ADDR of the service.
+		addr := svc0(t, p, name).Environment["RELAY_ADDR"]
+		if addr == nil || !strings.HasPrefix(*addr, ":") {
+			t.Fatalf("%s: RELAY_ADDR = %v, want :PORT", name, addr)
+		}
+		want = append(want, name+*addr)
+	}
+	if !slices.Equal(targets, want) {
+		t.Errorf("deploy/prometheus.yml job relay scrapes %v, want every node on its own port: %v", targets, want)
+	}
+
+	graf := svc("grafana")
+	pinned(graf, "grafana/grafana")
+	published(graf, 3000, "3000")
+	if !mounts(graf, "deploy/grafana/provisioning", "/etc/grafana/provisioning") {
+		t.Errorf("grafana volumes = %+v, want deploy/grafana/provisioning read-only on /etc/grafana/provisioning", graf.Volumes)
+	}
+	const dashboards = "/etc/grafana/dashboards"
+	if !mounts(graf, "docs/grafana-dashboard.json", dashboards+"/relay.json") {
+		t.Errorf("grafana volumes = %+v, want docs/grafana-dashboard.json read-only in %s", graf.Volumes, dashboards)
+	}
+	var ds struct {
+		Datasources []struct {
+			Type, URL string
+			IsDefault bool `json:"isDefault"`
+		}
+	}
+	readYAML(t, filepath.Join(root, "deploy/grafana/provisioning/datasources/prometheus.yml"), &ds)
+	if len(ds.Datasources) != 1 || ds.Datasources[0].Type != "prometheus" || ds.Datasources[0].URL != "http://prometheus:9090" || !ds.Datasources[0].IsDefault {
+		t.Errorf("grafana data sources = %+v, want the default one of type prometheus at http://prometheus:9090", ds.Datasources)
+	}
+	var dp struct {
+		Providers []struct {
+			Type    string
+			Options struct{ Path string }
+		}
+	}
+	readYAML(t, filepath.Join(root, "deploy/grafana/provisioning/dashboards/relay.yml"), &dp)
+	if len(dp.Providers) != 1 || dp.Providers[0].Type != "file" || dp.Providers[0].Options.Path != dashboards {
+		t.Errorf("grafana dashboard providers = %+v, want one of type file on %s", dp.Providers, dashboards)
+	}
+	var dash struct {
+		UID        string
+		Templating struct {
+			List []struct{ Name, Type, Query string }
+		}
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "docs", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &dash); err != nil || dash.UID == "" {
+		t.Fatalf("docs/grafana-dashboard.json: %v (uid %q)", err, dash.UID)
+	}
+	if !slices.ContainsFunc(dash.Templating.List, func(v struct{ Name, Type, Query string }) bool {
+		return v.Type == "datasource" && v.Query == "prometheus"
+	}) {
+		t.Errorf("docs/grafana-dashboard.json has no data source variable of type prometheus: the provisioned data source would not be picked")
+	}
+
+	// Published ports move like the load balancer's.
+	p2 := loadCompose(t, []string{"RELAY_PROMETHEUS_PORT=19090", "RELAY_GRAFANA_PORT=13000"}, "monitoring")
+	for name, port := range map[string]string{"prometheus": "19090", "grafana": "13000"} {
+		if s, err := p2.GetService(name); err != nil || s.Ports[0].Published != port {
+			t.Errorf("%s: published port does not move with its variable: %+v", name, s.Ports)
+		}
+	}
+}
+
+func svc0(t *testing.T, p *types.Project, name string) types.ServiceConfig {
+	t.Helper()
+	s, err := p.GetService(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 }

@@ -13,8 +13,11 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,43 +28,58 @@ import (
 	"github.com/coder/websocket"
 )
 
-// appImage is the tag of the image built from the real Dockerfile; its
-// build stage is tagged too, so that a warm run reuses the module
-// download layer after `docker image prune`.
+// appImage is the tag of the node image `docker-compose up --build`
+// builds (RELAY_IMAGE, so that a user's relay:local stays as it is);
+// appBuildImage tags the Dockerfile's build stage of that build, so that
+// `docker image prune` keeps it and the next run reuses its layers (the
+// module download, and all of it when the code has not changed).
 const (
 	appImage      = "relay-e2e:test"
 	appBuildImage = "relay-e2e:build"
 )
 
-// TestComposeE2E builds the stand-in images and the real Dockerfile,
-// starts the real docker-compose.yml (an override swaps image names and
-// nothing else), and drives it through the load balancer with WebSocket
-// clients while nodes and Redis are stopped and started.
+// TestComposeE2E runs the README's command, `docker-compose up --build`
+// in the repository's root, on the real Dockerfile and docker-compose.yml,
+// with stand-ins of the upstream images tagged under the names the files
+// use; only the published ports, the node image's tag and the compose
+// project's name come from the environment and -p. Then it checks what a
+// user checks (three nodes and the load balancer healthy, a broadcast
+// across nodes through the load balancer), brings up the monitoring
+// profile's Prometheus and asks it whether it scrapes every node, and
+// stops and starts nodes and Redis while clients exchange messages.
 //
 // Run it with: go test -tags compose -run TestComposeE2E -v ./...
 func TestComposeE2E(t *testing.T) {
 	requireDocker(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 	defer cancel()
 	start := time.Now()
 
 	// docker-compose 1.29's own parser is stricter than the Compose
 	// Specification in places (TestComposeFile runs compose-go's).
-	if _, err := (command{dir: repoRoot(t)}).run(ctx, "docker-compose", "-f", "docker-compose.yml", "config", "-q"); err != nil {
-		t.Fatalf("docker-compose 1.29 rejects docker-compose.yml: %v", err)
+	for _, args := range [][]string{{"config", "-q"}, {"--profile", "monitoring", "config", "-q"}} {
+		if _, err := (command{dir: repoRoot(t)}).run(ctx, "docker-compose", args...); err != nil {
+			t.Fatalf("docker-compose 1.29 rejects docker-compose.yml: %v", err)
+		}
 	}
 
 	sweepStale(t, ctx)
 	s := buildStandins(t, ctx)
-	timed(t, "app image "+appImage, func() error { return buildApp(t, ctx, s) })
+	tagUpstream(t, ctx, upstreamImages(t, s))
+
+	stack := up(t, ctx)
+	t.Logf("stack healthy %v after the start of the test", time.Since(start).Round(100*time.Millisecond))
 	checkAppImage(t, ctx)
 
-	stack := up(t, ctx, s)
-	t.Logf("stack healthy %v after the start of the test", time.Since(start).Round(100*time.Millisecond))
-
-	// Health through the load balancer.
+	// Health through the load balancer; what is for operators only is
+	// not served there.
 	if code, body := stack.get(t, ctx, "/healthz"); code != http.StatusOK {
 		t.Fatalf("GET /healthz through the load balancer = %d %s, want 200", code, body)
+	}
+	for _, path := range []string{"/metrics", "/readyz/details"} {
+		if code, body := stack.get(t, ctx, path); code != http.StatusNotFound {
+			t.Errorf("GET %s through the load balancer = %d %.200s, want 404", path, code, body)
+		}
 	}
 	stack.awaitReady(t, ctx, http.StatusOK, 3)
 
@@ -79,6 +97,16 @@ func TestComposeE2E(t *testing.T) {
 		}
 		t.Logf("clients per node: %v", pool.perNode())
 		pool.exchange(t, "all nodes")
+	})
+
+	// The monitoring profile: Prometheus scrapes every node. Grafana is
+	// not started (no stand-in: Debian does not package it);
+	// TestComposeMonitoring checks its half of the files.
+	phase(t, "monitoring profile: prometheus", func() {
+		if err := stack.compose(ctx, "--profile", "monitoring", "up", "-d", "prometheus"); err != nil {
+			t.Fatal(err)
+		}
+		stack.awaitScraped(t, ctx)
 	})
 
 	// Stop one node: its clients are closed with 1012 or 1001 (or the
@@ -154,6 +182,11 @@ func TestComposeE2E(t *testing.T) {
 		}
 		// Three in a row: the load balancer spreads them over the nodes.
 		stack.awaitReady(t, ctx, http.StatusServiceUnavailable, 3)
+		// The public answer names the component, not Redis's address.
+		if code, body := stack.get(t, ctx, "/readyz"); code != http.StatusServiceUnavailable ||
+			!strings.Contains(body, `"failing":["broker"]`) || strings.Contains(body, "reasons") || strings.Contains(body, "6379") {
+			t.Errorf("GET /readyz with Redis stopped = %d %s, want 503 failing [broker] and no details", code, body)
+		}
 		if err := stack.compose(ctx, "start", "redis"); err != nil {
 			t.Fatal(err)
 		}
@@ -192,29 +225,58 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// buildApp builds the repository's Dockerfile with the stand-in bases.
-func buildApp(t *testing.T, ctx context.Context, s standins) error {
-	args := []string{"build", "-q",
-		"--build-arg", "GO_IMAGE=" + s.golang,
-		"--build-arg", "RUNTIME_IMAGE=" + s.runtime,
-		"--build-arg", "VERSION=e2e",
+// buildStageRE finds, in the output of the classic builder, the image
+// that ends the Dockerfile's build stage: the last one before the runtime
+// stage's FROM.
+var buildStageRE = regexp.MustCompile(`---> ([0-9a-f]{12})\s*\nStep \d+/\d+ : FROM \$\{RUNTIME_IMAGE\}`)
+
+// tagBuildStage tags the last build stage that the output of
+// `docker-compose up --build` shows as appBuildImage.
+func tagBuildStage(t *testing.T, ctx context.Context, out string) {
+	t.Helper()
+	m := buildStageRE.FindAllStringSubmatch(out, -1)
+	if len(m) == 0 {
+		t.Logf("no build stage image in the output of docker-compose up --build: the next run rebuilds it")
+		return
 	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if _, err := docker(ctx, "tag", m[len(m)-1][1], appBuildImage); err != nil {
+		t.Error(err)
+	}
+}
+
+// appVersion is stamped into the node image (RELAY_VERSION).
+const appVersion = "e2e"
+
+// upstreamImages maps each upstream image the Dockerfile (its GO_IMAGE and
+// RUNTIME_IMAGE defaults) and docker-compose.yml name to its stand-in.
+// Grafana has none (Debian does not package it): the test starts the
+// monitoring profile's Prometheus only.
+func upstreamImages(t *testing.T, s standins) map[string]string {
+	t.Helper()
+	df, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	c := command{dir: root, timeout: 10 * time.Minute}
-	err = timedErr(t, "  build stage "+appBuildImage, func() error {
-		_, err := c.run(ctx, dockerBin(), append(args, "--target", "build", "-t", appBuildImage, ".")...)
-		return err
-	})
-	if err != nil {
-		return err
+	m := map[string]string{}
+	for _, line := range strings.Split(string(df), "\n") {
+		for arg, standin := range map[string]string{"GO_IMAGE": s.golang, "RUNTIME_IMAGE": s.runtime} {
+			if v, ok := strings.CutPrefix(line, "ARG "+arg+"="); ok {
+				m[strings.TrimSpace(v)] = standin
+			}
+		}
 	}
-	return timedErr(t, "  final stage "+appImage, func() error {
-		_, err := c.run(ctx, dockerBin(), append(args, "-t", appImage, ".")...)
-		return err
-	})
+	p := loadCompose(t, nil, "monitoring")
+	for svc, standin := range map[string]string{"redis": s.redis, "lb": s.nginx, "prometheus": s.prometheus} {
+		sc, err := p.GetService(svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[sc.Image] = standin
+	}
+	if len(m) != 5 {
+		t.Fatalf("upstream images %v: want 5 (GO_IMAGE, RUNTIME_IMAGE, redis, lb, prometheus)", m)
+	}
+	return m
 }
 
 // checkAppImage checks the image's contract: version stamped, numeric
@@ -222,8 +284,8 @@ func buildApp(t *testing.T, ctx context.Context, s standins) error {
 func checkAppImage(t *testing.T, ctx context.Context) {
 	t.Helper()
 	out, err := docker(ctx, "run", "--rm", appImage, "version")
-	if err != nil || !strings.Contains(out, "e2e") {
-		t.Errorf("relay version = %q, %v; want the stamped version e2e", out, err)
+	if err != nil || !strings.Contains(out, appVersion) {
+		t.Errorf("relay version = %q, %v; want the stamped version %s", out, err, appVersion)
 	}
 	out, err = docker(ctx, "image", "inspect", "--format",
 		"{{.Config.User}}|{{json .Config.Healthcheck.Test}}|{{json .Config.ExposedPorts}}|{{json .Config.Entrypoint}}|{{.Size}}", appImage)
@@ -250,12 +312,27 @@ func checkAppImage(t *testing.T, ctx context.Context) {
 	t.Logf("image %s: %.1f MB (on the stand-in runtime base; distroless static adds about 2 MB)", appImage, float64(size)/1e6)
 }
 
-// stack is one docker-compose project of the real docker-compose.yml.
+// stack is one docker-compose project of the real docker-compose.yml,
+// run in the repository's root as a user runs it.
 type stack struct {
-	project string
-	files   []string
-	port    int
-	dir     string
+	project  string
+	port     int // RELAY_PORT: the load balancer
+	promPort int // RELAY_PROMETHEUS_PORT
+	grafPort int // RELAY_GRAFANA_PORT (Grafana is not started)
+	dir      string
+}
+
+// env is what the test sets besides -p: free ports, the node image's tag
+// and its version.
+func (st *stack) env() []string {
+	return []string{
+		"RELAY_BIND=127.0.0.1",
+		"RELAY_PORT=" + strconv.Itoa(st.port),
+		"RELAY_PROMETHEUS_PORT=" + strconv.Itoa(st.promPort),
+		"RELAY_GRAFANA_PORT=" + strconv.Itoa(st.grafPort),
+		"RELAY_IMAGE=" + appImage,
+		"RELAY_VERSION=" + appVersion,
+	}
 }
 
 func (st *stack) compose(ctx context.Context, args ...string) error {
@@ -263,35 +340,54 @@ func (st *stack) compose(ctx context.Context, args ...string) error {
 	return err
 }
 
+// composeOut runs docker-compose -p project args… in the repository's root.
 func (st *stack) composeOut(ctx context.Context, args ...string) (string, error) {
-	full := []string{"-p", st.project}
-	for _, f := range st.files {
-		full = append(full, "-f", f)
-	}
-	full = append(full, "--project-directory", st.dir)
-	c := command{dir: st.dir, env: []string{"RELAY_PORT=" + strconv.Itoa(st.port), "RELAY_BIND=127.0.0.1"}, timeout: 3 * time.Minute}
-	return c.run(ctx, "docker-compose", append(full, args...)...)
+	c := command{dir: st.dir, env: st.env(), timeout: 3 * time.Minute}
+	return c.run(ctx, "docker-compose", append([]string{"-p", st.project}, args...)...)
 }
 
-// up starts the stack; cleanup takes it down with its volumes.
-func up(t *testing.T, ctx context.Context, s standins) *stack {
+// lockedBuffer collects the output of the foreground `docker-compose up`.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
+
+// up runs `docker-compose up --build` in the foreground, as the README
+// says, until every service is healthy; cleanup takes the project down
+// with its volumes, which ends that command.
+func up(t *testing.T, ctx context.Context) *stack {
 	t.Helper()
-	root := repoRoot(t)
-	override := filepath.Join(t.TempDir(), "docker-compose.override.yml")
-	// Image names only: everything else under test is the real file.
-	body := fmt.Sprintf("services:\n  redis:\n    image: %s\n  lb:\n    image: %s\n", s.redis, s.nginx)
-	for _, name := range relayServices {
-		body += fmt.Sprintf("  %s:\n    image: %s\n", name, appImage)
+	st := &stack{
+		project:  projectPrefix + randHex(4),
+		port:     freePort(t),
+		promPort: freePort(t),
+		grafPort: freePort(t),
+		dir:      repoRoot(t),
 	}
-	if err := os.WriteFile(override, []byte(body), 0o644); err != nil {
+	cmd := exec.Command("docker-compose", "-p", st.project, "up", "--build")
+	cmd.Dir = st.dir
+	cmd.Env = append(dockerEnv(), st.env()...)
+	var out lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	upStart := time.Now()
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	st := &stack{
-		project: projectPrefix + randHex(4),
-		files:   []string{filepath.Join(root, "docker-compose.yml"), override},
-		port:    freePort(t),
-		dir:     root,
-	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		// Not the test's context: it may be done.
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -302,19 +398,59 @@ func up(t *testing.T, ctx context.Context, s standins) *stack {
 			}
 		}
 		start := time.Now()
-		if err := st.compose(ctx, "down", "-v", "--remove-orphans", "-t", "10"); err != nil {
+		if err := st.compose(ctx, "--profile", "monitoring", "down", "-v", "--remove-orphans", "-t", "10"); err != nil {
 			t.Errorf("docker-compose down: %v", err)
 		}
 		t.Logf("down -v: %v", time.Since(start).Round(100*time.Millisecond))
+		select {
+		case err := <-exited:
+			t.Logf("docker-compose up --build exited (%v) after down", err)
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			t.Errorf("docker-compose up --build still running a minute after down; killed")
+			<-exited
+		}
 		if _, err := docker(ctx, "image", "prune", "-f"); err != nil {
 			t.Errorf("docker image prune: %v", err)
 		}
 	})
-	timed(t, "docker-compose up (until healthy)", func() error { return st.compose(ctx, "up", "-d", "--no-build") })
-	for _, name := range append([]string{"redis"}, relayServices...) {
-		st.awaitHealthy(t, ctx, name)
+	services := append([]string{"redis", "lb"}, relayServices...)
+	deadline := time.Now().Add(12 * time.Minute)
+	for _, name := range services {
+		for {
+			status := st.health(ctx, name)
+			if status == "running healthy" {
+				break
+			}
+			select {
+			case err := <-exited:
+				t.Fatalf("docker-compose up --build exited (%v) before %s was healthy:\n%s", err, name, tail(out.String(), 6000))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not healthy within 12 min of docker-compose up --build (%q):\n%s", name, status, tail(out.String(), 6000))
+			}
+			pollPause(ctx, time.Second)
+		}
 	}
+	t.Logf("docker-compose up --build (build and start until %v healthy): %v", services, time.Since(upStart).Round(100*time.Millisecond))
+	tagBuildStage(t, ctx, out.String())
 	return st
+}
+
+// health is the state of service's container as `docker-compose ps`
+// shows it: "running healthy" once its health check passes; empty while
+// it has no container.
+func (st *stack) health(ctx context.Context, service string) string {
+	id, err := st.composeOut(ctx, "ps", "-q", service)
+	if err != nil || strings.TrimSpace(id) == "" {
+		return ""
+	}
+	out, err := docker(ctx, "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", strings.TrimSpace(id))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(out)
 }
 
 // projectPrefix starts the compose project name of every run.
@@ -346,7 +482,9 @@ func sweepStale(t *testing.T, ctx context.Context) {
 		t.Logf("removing project %s left by an earlier run", project)
 		docker(ctx, append([]string{"rm", "-f", "-v"}, ids...)...)
 		docker(ctx, "network", "rm", project+"_default")
-		docker(ctx, "volume", "rm", project+"_redis-data")
+		for _, v := range []string{"redis-data", "prometheus-data", "grafana-data"} {
+			docker(ctx, "volume", "rm", project+"_"+v)
+		}
 	}
 }
 
@@ -360,29 +498,78 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// awaitScraped asks Prometheus's HTTP API, on its published port, for
+// up{job="relay"} until every node's target is up == 1: the scrapes are
+// periodic, so the test polls, bounded to 90 s.
+func (st *stack) awaitScraped(t *testing.T, ctx context.Context) {
+	t.Helper()
+	q := url.Values{"query": {`up{job="relay"}`}}
+	u := fmt.Sprintf("http://127.0.0.1:%d/api/v1/query?%s", st.promPort, q.Encode())
+	want := make([]string, len(relayServices))
+	for i, name := range relayServices {
+		want[i] = name + ":8080=1"
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	var got []string
+	var last string
+	for time.Now().Before(deadline) {
+		got, last = promUp(ctx, u)
+		if slices.Equal(got, want) {
+			t.Logf("prometheus: %s", last)
+			return
+		}
+		pollPause(ctx, time.Second)
+	}
+	t.Fatalf("prometheus %s: got %v (last answer %s), want %v within 90 s", u, got, last, want)
+}
+
+// promUp returns instance=value of each series of Prometheus's answer to
+// an instant query at u, sorted, and the answer itself.
+func promUp(ctx context.Context, u string) ([]string, string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	var r struct {
+		Status string
+		Data   struct {
+			Result []struct {
+				Metric map[string]string
+				Value  []any
+			}
+		}
+	}
+	if err := json.Unmarshal(body, &r); err != nil || r.Status != "success" {
+		return nil, fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}
+	var got []string
+	for _, s := range r.Data.Result {
+		if len(s.Value) == 2 {
+			got = append(got, fmt.Sprintf("%s=%v", s.Metric["instance"], s.Value[1]))
+		}
+	}
+	slices.Sort(got)
+	return got, string(body)
+}
+
 // awaitHealthy polls the container's Docker health status (Docker offers
 // no event to wait on here).
 func (st *stack) awaitHealthy(t *testing.T, ctx context.Context, service string) {
 	t.Helper()
-	id, err := st.composeOut(ctx, "ps", "-q", service)
-	if err != nil || strings.TrimSpace(id) == "" {
-		t.Fatalf("no container for %s: %v", service, err)
-	}
-	id = strings.TrimSpace(id)
 	deadline := time.Now().Add(90 * time.Second)
 	var status string
 	for time.Now().Before(deadline) {
-		out, err := docker(ctx, "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		status = strings.TrimSpace(out)
-		if status == "running healthy" {
+		if status = st.health(ctx, service); status == "running healthy" {
 			return
 		}
 		pollPause(ctx, 500*time.Millisecond)
 	}
-	t.Fatalf("%s not healthy within 90 s: %s", service, status)
+	t.Fatalf("%s not healthy within 90 s: %q", service, status)
 }
 
 // pollPause waits d between two polls of state that no event announces

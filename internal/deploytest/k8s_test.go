@@ -290,6 +290,13 @@ func checkRelay(t *testing.T, o overlay, r *rendered, allowed []string) {
 					(b.Port.Name != "" && !slices.ContainsFunc(svc.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Name == b.Port.Name })) {
 					t.Errorf("Ingress %s path %s: backend %+v is not the relay Service", ing.Name, p.Path, p.Backend)
 				}
+				// What is for operators stays off the public entry point.
+				for _, private := range []string{"/metrics", "/readyz/details"} {
+					prefix := p.PathType == nil || *p.PathType != networkingv1.PathTypeExact
+					if private == p.Path || prefix && (p.Path == "/" || strings.HasPrefix(private, strings.TrimSuffix(p.Path, "/")+"/")) {
+						t.Errorf("Ingress %s path %s routes %s: keep it off the public entry point", ing.Name, p.Path, private)
+					}
+				}
 			}
 		}
 		for _, a := range []string{"proxy-read-timeout", "proxy-send-timeout"} {

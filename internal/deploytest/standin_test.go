@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,24 +24,33 @@ import (
 )
 
 // The machines that run this test reach no image registry, so the images
-// the deployment files name are replaced by stand-ins built here from
-// Debian's packages and the host's Go toolchain. They are cached in the
-// engine by tag; bump an image's revision when its recipe changes.
+// the deployment files name are stood in for by images built here from
+// Debian's packages and the host's Go toolchain, then tagged under the
+// upstream names the Dockerfile and docker-compose.yml use (tagUpstream),
+// so that the files run unchanged. They are cached in the engine by tag;
+// bump an image's revision when its recipe changes.
 const (
-	debianRev  = "v1"
-	golangRev  = "v3"
-	runtimeRev = "v1"
-	redisRev   = "v1"
-	nginxRev   = "v1"
+	debianRev     = "v1"
+	golangRev     = "v4"
+	runtimeRev    = "v2"
+	redisRev      = "v2"
+	nginxRev      = "v2"
+	prometheusRev = "v1"
 )
 
-// standins are the images that replace the upstream ones.
+// standinLabel marks a stand-in image; its value names the recipe. An
+// image under an upstream name without it is the real one and is used as
+// it is.
+const standinLabel = "org.relay-pubsub.standin"
+
+// standins are the images that stand in for the upstream ones.
 type standins struct {
-	debian  string // base of the others (debootstrap minbase)
-	golang  string // for GO_IMAGE (golang:1.26-bookworm)
-	runtime string // for RUNTIME_IMAGE (distroless static, nonroot)
-	redis   string // for redis:7-alpine
-	nginx   string // for nginx:1.27-alpine
+	debian     string // base of the others (debootstrap minbase)
+	golang     string // for GO_IMAGE (golang:1.26-bookworm)
+	runtime    string // for RUNTIME_IMAGE (distroless static, nonroot)
+	redis      string // for redis:7-alpine
+	nginx      string // for nginx:1.27-alpine (with wget, as busybox has)
+	prometheus string // for prom/prometheus (Debian's prometheus package)
 }
 
 // buildStandins builds the stand-in images that are missing.
@@ -48,11 +58,12 @@ func buildStandins(t *testing.T, ctx context.Context) standins {
 	t.Helper()
 	goVersion, goroot := hostGo(t)
 	s := standins{
-		debian:  "relay-standin/debian:bookworm-" + debianRev,
-		golang:  "relay-standin/golang:" + strings.TrimPrefix(goVersion, "go") + "-" + golangRev,
-		runtime: "relay-standin/distroless-static:nonroot-" + runtimeRev,
-		redis:   "relay-standin/redis:" + redisRev,
-		nginx:   "relay-standin/nginx:" + nginxRev,
+		debian:     "relay-standin/debian:bookworm-" + debianRev,
+		golang:     "relay-standin/golang:" + strings.TrimPrefix(goVersion, "go") + "-" + golangRev,
+		runtime:    "relay-standin/distroless-static:nonroot-" + runtimeRev,
+		redis:      "relay-standin/redis:" + redisRev,
+		nginx:      "relay-standin/nginx:" + nginxRev,
+		prometheus: "relay-standin/prometheus:" + prometheusRev,
 	}
 	// The host compiles the stand-in Go image's std cache while
 	// debootstrap runs.
@@ -83,10 +94,35 @@ func buildStandins(t *testing.T, ctx context.Context) standins {
 	g.Go(func() error {
 		return timedErr(t, "stand-in "+s.nginx, func() error { return buildNginx(ctx, s) })
 	})
+	g.Go(func() error {
+		return timedErr(t, "stand-in "+s.prometheus, func() error { return buildPrometheus(ctx, s) })
+	})
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// tagUpstream tags each stand-in under the upstream name the deployment
+// files use for it (up maps upstream name to stand-in), unless the real
+// image is there: then the real one runs.
+func tagUpstream(t *testing.T, ctx context.Context, up map[string]string) {
+	t.Helper()
+	for upstream, standin := range up {
+		out, err := docker(ctx, "image", "inspect", "--format", "{{json .Config.Labels}}", upstream)
+		if err == nil {
+			var labels map[string]string
+			json.Unmarshal([]byte(out), &labels)
+			if labels[standinLabel] == "" {
+				t.Logf("%s: the upstream image is present; it runs instead of a stand-in", upstream)
+				continue
+			}
+		}
+		if _, err := docker(ctx, "tag", standin, upstream); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: stand-in %s", upstream, standin)
+	}
 }
 
 var timedMu sync.Mutex
@@ -98,13 +134,6 @@ func timedErr(t *testing.T, what string, f func() error) error {
 	defer timedMu.Unlock()
 	t.Logf("%s: %v", what, time.Since(start).Round(100*time.Millisecond))
 	return err
-}
-
-func timed(t *testing.T, what string, f func() error) {
-	t.Helper()
-	if err := timedErr(t, what, f); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func hostGo(t *testing.T) (version, goroot string) {
@@ -317,6 +346,7 @@ func buildGolang(ctx context.Context, s standins, goVersion, goroot, gocache str
 		return fmt.Errorf("host CA bundle: %w", err)
 	}
 	dockerfile := fmt.Sprintf(`FROM %s
+LABEL `+standinLabel+`=golang-`+golangRev+`
 ENV GOLANG_VERSION=%s GOTOOLCHAIN=local GOPATH=/go \
     PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 WORKDIR /go
@@ -386,6 +416,7 @@ func buildRuntime(ctx context.Context, tag string) error {
 		return nil
 	}
 	return pipeTar(ctx, 2*time.Minute, fill, "import",
+		"--change", "LABEL "+standinLabel+"=distroless-static-"+runtimeRev,
 		"--change", "USER 65532:65532",
 		"--change", "WORKDIR /home/nonroot",
 		"--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
@@ -411,6 +442,7 @@ func buildRedis(ctx context.Context, s standins) error {
 		return nil
 	}
 	dockerfile := fmt.Sprintf(`FROM %s
+LABEL `+standinLabel+`=redis-`+redisRev+`
 RUN apt-get update && apt-get install -y --no-install-recommends redis-server redis-tools \
  && rm -rf /var/lib/apt/lists/* && mkdir -p /data && chown redis:redis /data
 COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
@@ -434,7 +466,8 @@ func buildNginx(ctx context.Context, s standins) error {
 		return nil
 	}
 	dockerfile := fmt.Sprintf(`FROM %s
-RUN apt-get update && apt-get install -y --no-install-recommends nginx \
+LABEL `+standinLabel+`=nginx-`+nginxRev+`
+RUN apt-get update && apt-get install -y --no-install-recommends nginx wget \
  && rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/default \
  && ln -sf /dev/stdout /var/log/nginx/access.log && ln -sf /dev/stderr /var/log/nginx/error.log
 EXPOSE 80
@@ -442,6 +475,28 @@ STOPSIGNAL SIGQUIT
 CMD ["nginx", "-g", "daemon off;"]
 `, s.debian)
 	return dockerBuild(ctx, s.nginx, func(c *tarStream) error {
+		return c.file("Dockerfile", 0o644, []byte(dockerfile))
+	})
+}
+
+// buildPrometheus: Debian's prometheus package laid out as the upstream
+// image is (binary /bin/prometheus, data in /prometheus, user nobody).
+func buildPrometheus(ctx context.Context, s standins) error {
+	if imageExists(ctx, s.prometheus) {
+		return nil
+	}
+	dockerfile := fmt.Sprintf(`FROM %s
+LABEL `+standinLabel+`=prometheus-`+prometheusRev+`
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus \
+ && rm -rf /var/lib/apt/lists/* && mkdir -p /prometheus && chown nobody:nogroup /prometheus
+USER nobody
+WORKDIR /prometheus
+VOLUME /prometheus
+EXPOSE 9090
+ENTRYPOINT ["/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+`, s.debian)
+	return dockerBuild(ctx, s.prometheus, func(c *tarStream) error {
 		return c.file("Dockerfile", 0o644, []byte(dockerfile))
 	})
 }
