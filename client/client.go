@@ -30,7 +30,8 @@ type Options struct {
 	// connection, unless TokenFunc is set.
 	Token string
 	// TokenFunc, when set, is called before every connection attempt for
-	// the token to send, so that an expired token can be replaced. With
+	// the token to send, and when the node asks for a new one on a live
+	// connection (the token expired; the refresh command answers it). With
 	// it, a refused token is retried with backoff instead of ending the
 	// client.
 	TokenFunc func(ctx context.Context) (string, error)
@@ -78,7 +79,8 @@ const (
 	// more messages.
 	EventUnsubscribed
 	// EventClosed: the client has stopped for good: Close was called, or
-	// the node refused it in a way retrying cannot fix (Err).
+	// the node refused it in a way retrying cannot fix (Err: a *DialError,
+	// or a websocket.CloseError such as 1008 or a 4xxx token code).
 	EventClosed
 )
 
@@ -361,7 +363,7 @@ func (c *Client) run(s *session) {
 				return
 			}
 			if permanent {
-				err := fmt.Errorf("the node closed the connection with %d %s; not reconnecting", code, reason)
+				err := fmt.Errorf("not reconnecting: %w", websocket.CloseError{Code: code, Reason: reason})
 				c.emit(Event{Type: EventDisconnected, URL: s.url, Node: s.node, Code: code, Reason: reason, Err: err})
 				c.stop(err)
 				c.closed()
@@ -691,6 +693,28 @@ func (c *Client) Ping(ctx context.Context) error {
 	}
 	_, err = s.call(ctx, protocol.Command{Cmd: protocol.CmdPing})
 	return err
+}
+
+// refresh answers the node's refresh request (the connection's token has
+// expired) with a new token from TokenFunc, on a goroutine of its own: the
+// reply comes through the reader that asked. Without TokenFunc there is
+// nothing to send, and the node closes the connection with 4001 after its
+// grace period.
+func (c *Client) refresh(s *session) {
+	if c.opts.TokenFunc == nil {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.DialTimeout)
+		defer cancel()
+		// If this fails, the node closes the connection with 4001 after
+		// its grace, and the next connection asks TokenFunc again.
+		if token, err := c.opts.TokenFunc(ctx); err == nil {
+			s.call(ctx, protocol.Command{Cmd: protocol.CmdRefresh, Token: token})
+		}
+	}()
 }
 
 // Done is closed when the client has stopped for good: after Close, or

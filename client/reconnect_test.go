@@ -12,8 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/relay-pubsub/relay/client"
 	"github.com/relay-pubsub/relay/internal/testenv"
+	"github.com/relay-pubsub/relay/node/auth"
 	"github.com/relay-pubsub/relay/node/nodetest"
 )
 
@@ -227,5 +231,91 @@ func TestDialRefused(t *testing.T) {
 	c.Close()
 	if err := c.Publish(t.Context(), "x", []byte("1")); !errors.Is(err, client.ErrClosed) {
 		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+}
+
+// TestTokenRefresh: a token that expires while connected is replaced
+// through TokenFunc when the node asks (the connection stays, messages keep
+// coming); without TokenFunc the node's 4001 stops the client for good.
+func TestTokenRefresh(t *testing.T) {
+	const secret = "0123456789abcdef0123456789abcdef-test"
+	n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_TOKEN_HMAC_SECRET="+secret, "RELAY_TOKEN_REFRESH_GRACE=5s", "RELAY_TOKEN_LEEWAY=0s")
+	mint := func(ttl time.Duration) string {
+		tok, err := auth.MintHS256([]byte(secret), auth.Claims{
+			RegisteredClaims: jwt.RegisteredClaims{Subject: "alice", ExpiresAt: jwt.NewNumericDate(time.Now().Add(ttl))},
+			Channels:         []string{"news"}, Publish: []string{"news"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	var mints atomic.Int64
+	refreshed := make(chan struct{}, 1)
+	ev := newEvents()
+	c, err := client.Dial(t.Context(), "ws://"+n.Addr, &client.Options{
+		TokenFunc: func(context.Context) (string, error) {
+			if mints.Add(1) == 1 {
+				return mint(1500 * time.Millisecond), nil // expires soon
+			}
+			select {
+			case refreshed <- struct{}{}:
+			default:
+			}
+			return mint(time.Hour), nil
+		},
+		Echo:    true, // the client reads its own publish
+		OnEvent: ev.on,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan string, 10)
+	if _, err := c.Subscribe(t.Context(), "news", func(m client.Message) { got <- string(m.Bytes()) }); err != nil {
+		t.Fatal(err)
+	}
+	// The refresh happened when TokenFunc was asked a second time; the
+	// connection is the same (no second connected event) and works.
+	select {
+	case <-refreshed:
+	case <-time.After(3 * nodetest.Timeout):
+		t.Fatal("no refresh requested")
+	}
+	// Past the first token's expiry and the node's grace (a ping is a
+	// round trip after the refresh command), the connection still works.
+	if err := c.Ping(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(t.Context(), "news", []byte("after refresh")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m != "after refresh" {
+			t.Fatalf("read %q", m)
+		}
+	case <-time.After(nodetest.Timeout):
+		t.Fatal("the message published after the refresh did not come back")
+	}
+	ev.mu.Lock()
+	for _, e := range ev.all {
+		if e.Type == client.EventDisconnected {
+			t.Errorf("disconnected around the refresh: %+v", e)
+		}
+	}
+	ev.mu.Unlock()
+
+	// Without TokenFunc: the node closes with 4001 and the client stops.
+	ev2 := newEvents()
+	c2, err := client.Dial(t.Context(), "ws://"+n.Addr, &client.Options{Token: mint(time.Second), OnEvent: ev2.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	e, _ := ev2.await(t, 0, func(e client.Event) bool { return e.Type == client.EventClosed })
+	var ce websocket.CloseError
+	if !errors.As(e.Err, &ce) || ce.Code != 4001 {
+		t.Fatalf("closed with %v, want a 4001 close", e.Err)
 	}
 }

@@ -136,6 +136,7 @@ type serverObject struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	Binary  bool            `json:"binary"`
+	Refresh json.RawMessage `json:"refresh"`
 }
 
 // read is the session's reader goroutine.
@@ -186,6 +187,10 @@ func (s *session) dispatch(line []byte) bool {
 			}
 			reply <- rerr
 		}
+		return true
+	}
+	if o.Refresh != nil {
+		s.c.refresh(s)
 		return true
 	}
 	if o.Channel == "" {

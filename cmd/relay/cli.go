@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/coder/websocket"
+
 	"github.com/relay-pubsub/relay/client"
 	"github.com/relay-pubsub/relay/node/protocol"
 )
@@ -25,7 +27,7 @@ const (
 	exitError       = 1 // a command failed: an error reply, a lost ack
 	exitUsage       = 2
 	exitUnreachable = 3 // no node answered
-	exitBadToken    = 4 // the node refused the token (HTTP 401, or a 4xxx close)
+	exitBadToken    = 4 // the node refused the token (HTTP 401, or a 4xxx close such as an expired token)
 	exitRefused     = 5 // the node refused the request (another 4xx, 1008)
 )
 
@@ -156,7 +158,12 @@ func clientCommand(name string, args []string, stdin io.Reader, stdout, stderr i
 func exitCode(err error) int {
 	var de *client.DialError
 	var perr *client.Error
+	var ce websocket.CloseError
 	switch {
+	case errors.As(err, &ce) && ce.Code >= 4000 && ce.Code < 5000:
+		return exitBadToken
+	case errors.As(err, &ce):
+		return exitRefused
 	case errors.As(err, &de) && de.Status == http.StatusUnauthorized:
 		return exitBadToken
 	case errors.As(err, &de) && de.Status >= 400 && de.Status < 500:
