@@ -261,9 +261,9 @@ func TestFaultConnectionLoop(t *testing.T) {
 }
 
 // TestFaultRedisBlackHole: the link between a node and Redis goes silent
-// (no FIN, no RST) and comes back. The node reports itself unready within
-// its probe timeout and ready again after; its clients stay connected.
-// The figures show what became of the messages published meanwhile.
+// (no FIN, no RST) for about 2 s and comes back. The node reports itself
+// unready within its probe timeout and ready again after; its clients
+// stay connected, and every acknowledged message reaches every subscriber.
 func TestFaultRedisBlackHole(t *testing.T) {
 	r := testenv.StartRedis(t)
 	link := testenv.StartLink(t, r.Addr())
@@ -291,15 +291,17 @@ func TestFaultRedisBlackHole(t *testing.T) {
 	tr.awaitReceived(100)
 	x := tr.finish()
 	t.Logf("node–Redis link black-holed: %v", x)
+	m := testenv.Metrics(t, "http://"+a.Addr)
+	t.Logf("node a: %v probe failures, %v teardowns, %v reconnects, %v resubscribes",
+		m["relay_broker_probe_failures_total"], m["relay_broker_teardowns_total"], m["relay_broker_reconnects_total"], m["relay_broker_resubscribes_total"])
 	if got := tr.steady(); len(got) != len(tr.subs) {
 		t.Errorf("%d subscribers kept their connection, want all %d", len(got), len(tr.subs))
 	}
-	if x.Dups != 0 || x.Disorder != 0 {
-		t.Errorf("%v; want no duplicates, none out of order", x)
-	}
-	if x.LostSilently != 0 {
-		t.Skipf("%d acknowledged messages lost silently: a subscriber kept connected through the outage is not told of a gap yet (#11, #14 first bullet)", x.LostSilently)
-	}
+	// Nothing is lost: the node keeps its subscriber connections through
+	// a hole this short (no teardown), and what Redis sent meanwhile
+	// arrives once the link is back. Publishes answered unavailable may
+	// still be delivered (RefusedDelivered): the bytes were on their way.
+	x.check(t)
 }
 
 // ready returns the status of the node's /readyz.
