@@ -261,7 +261,7 @@ func TestFaultConnectionLoop(t *testing.T) {
 }
 
 // TestFaultRedisBlackHole: the link between a node and Redis goes silent
-// (no FIN, no RST) for about 2 s and comes back. The node reports itself
+// (no FIN, no RST) for several seconds and comes back. The node reports itself
 // unready within its probe timeout and ready again after; its clients
 // stay connected, and every acknowledged message reaches every subscriber.
 func TestFaultRedisBlackHole(t *testing.T) {
@@ -298,7 +298,7 @@ func TestFaultRedisBlackHole(t *testing.T) {
 		t.Errorf("%d subscribers kept their connection, want all %d", len(got), len(tr.subs))
 	}
 	// Nothing is lost: the node keeps its subscriber connections through
-	// a hole this short (no teardown), and what Redis sent meanwhile
+	// a hole of this length (no teardown), and what Redis sent meanwhile
 	// arrives once the link is back. Publishes answered unavailable may
 	// still be delivered (RefusedDelivered): the bytes were on their way.
 	x.check(t)
