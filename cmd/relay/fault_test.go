@@ -65,7 +65,7 @@ func TestFaultNodeKilled(t *testing.T) {
 // the same node and another, receive every message.
 func TestFaultSlowConsumer(t *testing.T) {
 	r := testenv.StartRedis(t)
-	small := []string{"RELAY_QUEUE_MESSAGES=64", "RELAY_QUEUE_BYTES=65536"}
+	small := []string{"RELAY_QUEUE_MESSAGES=64", "RELAY_QUEUE_BYTES=262144"}
 	a := testenv.StartRelay(t, relayEnv(r.URL(), "a", small...)...)
 	b := testenv.StartRelay(t, relayEnv(r.URL(), "b", small...)...)
 	tr := newTraffic(t, "fault-slow", 20000)
@@ -77,7 +77,7 @@ func TestFaultSlowConsumer(t *testing.T) {
 	tr.start()
 	// Large messages fill the slow client's queue fast.
 	big := dialSDK(t, []string{b.Addr}, nil)
-	payload := []byte(strings.Repeat("x", 4<<10))
+	payload := []byte(strings.Repeat("x", 16<<10))
 	testenv.WaitFor(t, time.Minute, "the slow consumer closed", func() bool {
 		for range 10 {
 			ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
