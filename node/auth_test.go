@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -339,21 +340,32 @@ func TestStaticTokensBesideJWT(t *testing.T) {
 	p.do(`{"id":2,"cmd":"publish","channel":"admin:1","data":1}`, `{"id":2,"result":{}}`)
 }
 
-// TestReadyzJWKS: a JWKS URL that never answered well fails readiness,
-// with the reason.
+// TestReadyzJWKS: a JWKS URL that never answered well fails readiness:
+// /readyz names the component, /readyz/details the reason.
 func TestReadyzJWKS(t *testing.T) {
 	dead := "http://" + fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)) + "/jwks.json"
 	s := authCluster(t, testenv.StartRedis(t), 1, func(cfg *node.Config) {
 		cfg.TokenJWKSURL, cfg.TokenJWKSRefresh = dead, time.Hour
 	})[0]
-	testenv.WaitFor(t, nodetest.Timeout, "readyz names the JWKS", func() bool {
-		resp, err := http.Get(s.URL + "/readyz")
+	testenv.WaitFor(t, nodetest.Timeout, "readyz/details names the JWKS", func() bool {
+		resp, err := http.Get(s.URL + "/readyz/details")
 		if err != nil {
 			return false
 		}
 		defer resp.Body.Close()
-		var body struct{ Reasons []string }
+		var body struct{ Failing, Reasons []string }
 		return resp.StatusCode == http.StatusServiceUnavailable && jsonDecode(resp, &body) == nil &&
-			len(body.Reasons) == 1 && strings.Contains(body.Reasons[0], "connection refused")
+			len(body.Reasons) == 1 && strings.Contains(body.Reasons[0], "connection refused") &&
+			slices.Equal(body.Failing, []string{"jwks"})
 	})
+	resp, err := http.Get(s.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := jsonDecode(resp, &body); err != nil || resp.StatusCode != http.StatusServiceUnavailable ||
+		fmt.Sprint(body["failing"]) != "[jwks]" || body["reasons"] != nil {
+		t.Errorf("/readyz = %d %v (%v), want 503 failing [jwks] and no reasons", resp.StatusCode, body, err)
+	}
 }
