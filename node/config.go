@@ -37,9 +37,10 @@ type Config struct {
 	// to accept data is disconnected.
 	WriteTimeout time.Duration `envconfig:"WRITE_TIMEOUT" default:"10s" desc:"a write to a client blocked longer than this closes the connection"`
 	// WriteDelay is the least time between two writes to one client: the
-	// node writes in sweeps (flush.go), at most one per WriteDelay, and
-	// messages that arrive meanwhile go out together in one write (one
-	// syscall). The first message after a quiet spell goes out at once.
+	// node writes in sweeps (node/internal/wsout), at most one per
+	// WriteDelay, and messages that arrive meanwhile go out together in one
+	// write (one syscall). The first message after a quiet spell goes out
+	// at once.
 	WriteDelay time.Duration `envconfig:"WRITE_DELAY" default:"20ms" desc:"least time between two writes to one client: a message after a quiet spell goes out at once, faster ones share one write per this interval (fewer syscalls, at most this much added latency; see docs/BENCHMARKS.md); 0 = write at once"`
 	// PingInterval is how often the node pings each client; a client whose
 	// pong does not come within PongTimeout is disconnected.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -25,7 +26,7 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.flushers = []*flusher{newFlusher(delay)} // both connections on one
+	n.flushers = []*wsout.Flusher{wsout.NewFlusher(delay)} // both connections on one
 	// Served as nodetest.Start does (it cannot be imported here): Serve's
 	// drain waits for the connections' writers at the end.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -77,9 +78,7 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	n.mu.Lock()
 	for c := range n.conns {
 		if c.channel == "busy" {
-			c.mu.Lock()
-			pending = len(c.queue)
-			c.mu.Unlock()
+			pending = c.out.Pending()
 		}
 	}
 	n.mu.Unlock()

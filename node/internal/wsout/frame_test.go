@@ -1,13 +1,16 @@
-package node
+package wsout
 
 import (
 	"encoding/hex"
 	"testing"
 
 	"github.com/coder/websocket"
+	"go.uber.org/goleak"
 )
 
-func TestFrameHeader(t *testing.T) {
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestAppendHeader(t *testing.T) {
 	tests := []struct {
 		typ  websocket.MessageType
 		n    int
@@ -20,8 +23,8 @@ func TestFrameHeader(t *testing.T) {
 		{websocket.MessageText, 65536, "817f0000000000010000"},
 	}
 	for _, tt := range tests {
-		if got := hex.EncodeToString(appendFrameHeader(nil, tt.typ, tt.n)); got != tt.want {
-			t.Errorf("appendFrameHeader(%v, %d) = %s, want %s", tt.typ, tt.n, got, tt.want)
+		if got := hex.EncodeToString(AppendHeader(nil, tt.typ, tt.n)); got != tt.want {
+			t.Errorf("AppendHeader(%v, %d) = %s, want %s", tt.typ, tt.n, got, tt.want)
 		}
 	}
 }
