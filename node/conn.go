@@ -54,18 +54,19 @@ const modeProto mode = "proto"
 // socket is too slow for a non-blocking write, or to close it. So an idle
 // connection costs one goroutine.
 type conn struct {
+	// What deliver reads first, next to what enqueueing touches.
+	id   uint64
+	mode mode
+	echo bool // deliver the connection's own publishes back to it
+	out  wsout.Conn
+
 	n       *Node
-	id      uint64
-	mode    mode
 	channel string // raw mode
-	echo    bool   // deliver the connection's own publishes back to it
 	remote  string
 	opened  time.Time
-
 	ws      *websocket.Conn // for reading; out closes it
-	out     wsout.Conn
-	stats   *modeMetrics // shared by the connections of a mode
-	release func()       // gives back the connection slot
+	stats   *modeMetrics    // shared by the connections of a mode
+	release func()          // gives back the connection slot
 
 	// proto is protocol mode's state; nil in other modes.
 	proto *protoConn

@@ -124,7 +124,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	n.drain()
 	for _, f := range n.flushers {
-		f.Wait() // their connections have ended
+		f.Close() // their connections have ended
 	}
 	// Connections have ended; now stop serving plain HTTP too.
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

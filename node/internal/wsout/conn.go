@@ -81,31 +81,34 @@ var (
 // arrives meanwhile goes in that write; a connection that has been quiet
 // for WriteDelay is written at once.
 type Conn struct {
-	cfg     *Config
+	// What every enqueue touches comes first, in as few cache lines as
+	// may be: a fan-out to thousands goes through them all.
+	mu     sync.Mutex
+	state  state
+	cfg    *Config
+	queue  []*Frame
+	queued int   // payload bytes in queue
+	cause  error // why the connection closes; set once
+
+	spare    []*Frame // the previous batch's array, reused
+	ctrl     []byte   // control frames waiting for the turn, sent before queue
+	tat      int64    // pacing: when the bucket is full again (monotime)
+	pingSent int64    // monotime of the ping that is out, 0 for none
+	// due is when the next write is due (monotime), stored as the
+	// connection is queued for its flusher, which reads it without mu.
+	due      atomic.Int64
+	lastPong atomic.Int64   // monotime of the last pong
+	writers  sync.WaitGroup // holders of the turn other than the flusher itself, and ping timers' writes
+
 	flusher *Flusher
 	meter   Meter
 	join    JoinFunc
 	closer  Closer // set by Open
 	sock    socket
+	pinger  *time.Timer
 	// deadline is the socket's write deadline; only the turn's holder
 	// uses it.
 	deadline time.Time
-	pinger   *time.Timer
-	lastPong atomic.Int64 // monotime of the last pong
-	// due is when the next write is due (monotime), stored as the
-	// connection is queued for its flusher, which reads it without mu.
-	due atomic.Int64
-
-	mu       sync.Mutex
-	queue    []*Frame
-	spare    []*Frame // the previous batch's array, reused
-	queued   int      // payload bytes in queue
-	ctrl     []byte   // control frames waiting for the turn, sent before queue
-	state    state
-	tat      int64          // pacing: when the bucket is full again (monotime)
-	pingSent int64          // monotime of the ping that is out, 0 for none
-	cause    error          // why the connection closes; set once
-	writers  sync.WaitGroup // holders of the turn other than the flusher itself, and ping timers' writes
 }
 
 type state uint8
@@ -401,7 +404,8 @@ func (c *Conn) write(b *batch, now int64) (kept bool) {
 // batch a non-blocking write cut short), then writes the queue in batches,
 // each with one blocking write within the write timeout, while the next is
 // due; then it gives the turn back and exits. When a close is due it sends
-// (or drops) what is queued, closes the WebSocket and exits.
+// (or drops) what is queued, sends the control frames, closes the
+// WebSocket and exits.
 func (c *Conn) ownLoop(b *batch) {
 	defer c.writers.Done()
 	if b != nil && !c.writeRest(b) {
@@ -410,12 +414,16 @@ func (c *Conn) ownLoop(b *batch) {
 	for {
 		c.mu.Lock()
 		var ce *CloseError
-		dropped := 0
 		switch {
 		case c.cause != nil:
-			if !errors.As(c.cause, &ce) || !ce.Flush {
-				dropped = len(c.queue)
-				c.giveBackLocked(c.takeLocked(&batch{}))
+			if (!errors.As(c.cause, &ce) || !ce.Flush) && len(c.queue) > 0 {
+				// Control frames stay: a close echo may be among them.
+				dropped := len(c.queue)
+				clear(c.queue)
+				c.queue, c.queued = c.queue[:0], 0
+				c.mu.Unlock()
+				c.meter.Dropped(dropped)
+				continue
 			}
 		case len(c.queue) == 0 && len(c.ctrl) == 0:
 			c.state = idle
@@ -443,9 +451,6 @@ func (c *Conn) ownLoop(b *batch) {
 		}
 		c.state = closing
 		c.mu.Unlock()
-		if dropped > 0 {
-			c.meter.Dropped(dropped)
-		}
 		if ce != nil && ce.Code != websocket.StatusAbnormalClosure {
 			c.closer.Close(ce.Code, ce.Reason)
 		} else {

@@ -100,7 +100,7 @@ func newPair(t *testing.T, cfg Config, small bool) *pair {
 		p.c.Close(errors.New("test over"))
 		p.c.Wait()
 		server.Close()
-		p.f.Wait()
+		p.f.Close()
 	})
 	return p
 }
@@ -396,4 +396,36 @@ func TestConcurrentSenders(t *testing.T) {
 		next[s]++
 	}
 	wg.Wait()
+}
+
+// The client closes while a batch is half out: coder/websocket's echo of
+// its close frame, handed to the writer, still goes out after the batch,
+// though the rest of the queue is dropped.
+func TestCloseEchoAfterHalfWrittenBatch(t *testing.T) {
+	p := newPair(t, Config{}, true)
+	p.c.Open(closer{p.c})
+	sent := p.fillUntilOwn(t)
+	p.c.Send(NewFrame(websocket.MessageBinary, message(sent))) // dropped
+	echo := []byte{0x88, 2, 0x03, 0xe8}                        // 1000
+	p.c.sock.Write(echo)
+	p.c.Close(errors.New("read: the client closed"))
+	for got := 0; ; {
+		f, err := p.read(t)
+		if err != nil {
+			t.Fatalf("after %d messages, no close frame: %v", got, err)
+		}
+		if f.op == 0x8 {
+			if got != sent {
+				t.Fatalf("close echo after %d messages, want %d", got, sent)
+			}
+			break
+		}
+		if string(f.payload) != string(message(got)) {
+			t.Fatalf("message %d: sequence %d", got, seq(f.payload))
+		}
+		got++
+	}
+	if _, err := p.read(t); err == nil {
+		t.Fatal("a frame after the close echo")
+	}
 }

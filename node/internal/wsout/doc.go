@@ -32,7 +32,7 @@
 // # Goroutines
 //
 // A flusher's goroutine runs while it has connections queued
-// (Flusher.Wait waits for it). A connection's own writer runs while its
+// (Flusher.Close stops it and waits). A connection's own writer runs while its
 // socket is slow or it closes. A ping timer's callback queues a ping (or
 // writes it, holding the turn, when the connection is idle) or closes the
 // connection; it re-arms its timer under Conn.mu and never after Close,

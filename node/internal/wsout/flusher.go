@@ -36,6 +36,7 @@ type Flusher struct {
 	queued  []*Conn // connections with something to write
 	spare   []*Conn // the previous sweep's array, reused
 	running bool    // a goroutine runs sweeps
+	closed  bool    // Close was called: no more sweeps
 	next    int64   // while it waits: when it looks at queued again (monotime)
 }
 
@@ -45,16 +46,32 @@ func NewFlusher(delay time.Duration) *Flusher {
 	return &Flusher{delay: delay, wake: make(chan struct{}, 1)}
 }
 
-// Wait waits until the flusher's goroutine, if one runs, has exited. It
-// exits once no connection is queued, so call Wait after every connection
-// of the flusher has been closed and waited for.
-func (f *Flusher) Wait() { f.done.Wait() }
+// Close stops the sweeps and waits for the flusher's goroutine, if one
+// runs, to exit. Call it once every connection of the flusher has been
+// closed and waited for (Conn.Wait): what is still in its list then is
+// closed connections, which a sweep would skip.
+func (f *Flusher) Close() {
+	f.mu.Lock()
+	f.closed = true
+	clear(f.queued)
+	f.queued = nil
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+	f.done.Wait()
+}
 
 // add queues c, whose write is due at due (monotime), starting the sweeps
 // if none run and waking them if c is due before they look again. The
 // caller holds c.mu.
 func (f *Flusher) add(c *Conn, due int64) {
 	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
 	f.queued = append(f.queued, c)
 	switch {
 	case !f.running:
@@ -92,7 +109,7 @@ func (f *Flusher) run() {
 	for {
 		f.mu.Lock()
 		f.next = 0
-		if len(f.queued) == 0 {
+		if len(f.queued) == 0 || f.closed {
 			f.running = false
 			f.mu.Unlock()
 			return
