@@ -77,9 +77,12 @@ var (
 //	closing  the close frame is out or the socket failed: only
 //	         coder/websocket writes, and nothing else is queued
 //
-// Pacing: a connection is written at most once per WriteDelay, and what
-// arrives meanwhile goes in that write; a connection that has been quiet
-// for WriteDelay is written at once.
+// Pacing: the first two writes after a quiet spell go at once; then a
+// connection is written at most once per WriteDelay (a token bucket of two
+// writes that refills one per WriteDelay), and what arrives meanwhile goes
+// in that write. So a busy connection gets one write per WriteDelay with
+// several messages in it, and a member of a quiet channel who gets two
+// messages close together gets both at once.
 type Conn struct {
 	// What every enqueue touches comes first, in as few cache lines as
 	// may be: a fan-out to thousands goes through them all.
@@ -125,7 +128,7 @@ const (
 
 // burst is how many writes the pacing lets through back to back after a
 // quiet spell.
-const burst = 1
+const burst = 2
 
 // maxCtrl bounds the control frames waiting for the turn: pongs beyond it
 // are not sent (RFC 6455 lets a pong answer only the latest ping).

@@ -398,6 +398,23 @@ func TestConcurrentSenders(t *testing.T) {
 	wg.Wait()
 }
 
+// After a quiet spell two writes go at once, so that a member of a quiet
+// channel who gets two messages close together waits for neither; a third
+// waits for the write delay, and goes out with whatever joins it.
+func TestPacingBurst(t *testing.T) {
+	p := newPair(t, Config{WriteDelay: time.Hour}, false)
+	p.c.Open(closer{p.c})
+	for i := range 2 {
+		p.c.Send(NewFrame(websocket.MessageBinary, message(i)))
+		p.readMessages(t, i, i+1)
+	}
+	p.c.Send(NewFrame(websocket.MessageBinary, message(2)))
+	p.c.Send(NewFrame(websocket.MessageBinary, message(3)))
+	if got := p.c.Pending(); got != 2 {
+		t.Fatalf("%d messages pending after two writes; want 2, held for the write delay", got)
+	}
+}
+
 // The client closes while a batch is half out: coder/websocket's echo of
 // its close frame, handed to the writer, still goes out after the batch,
 // though the rest of the queue is dropped.
