@@ -77,12 +77,12 @@ var (
 //	closing  the close frame is out or the socket failed: only
 //	         coder/websocket writes, and nothing else is queued
 //
-// Pacing: the first two writes after a quiet spell go at once; then a
-// connection is written at most once per WriteDelay (a token bucket of two
-// writes that refills one per WriteDelay), and what arrives meanwhile goes
-// in that write. So a busy connection gets one write per WriteDelay with
-// several messages in it, and a member of a quiet channel who gets two
-// messages close together gets both at once.
+// Pacing: a token bucket of two writes that refills one per WriteDelay.
+// After a quiet spell two writes go at once; once a connection has had to
+// wait, it is written at most once per WriteDelay, and what arrives
+// meanwhile goes in that write. So a busy connection gets one write per
+// WriteDelay with several messages in it, and a member of a quiet channel
+// who gets two messages close together gets both at once.
 type Conn struct {
 	// What every enqueue touches comes first, in as few cache lines as
 	// may be: a fan-out to thousands goes through them all.
@@ -180,7 +180,7 @@ func (c *Conn) Send(f *Frame) {
 	now := monotime()
 	if c.enqueue(f, true, now) {
 		b := getBatch()
-		if c.write(b, now) {
+		if c.write(b, now, false) {
 			b.release()
 		}
 	}
@@ -280,8 +280,19 @@ func (c *Conn) kickLocked(claim bool, now int64) bool {
 // dueLocked is when the next write may go (monotime).
 func (c *Conn) dueLocked() int64 { return c.tat - int64(c.cfg.WriteDelay)*(burst-1) }
 
-// wroteLocked takes a write at now from the pacing's bucket.
-func (c *Conn) wroteLocked(now int64) { c.tat = max(c.tat, now) + int64(c.cfg.WriteDelay) }
+// wroteLocked takes a write at now from the pacing's bucket. A paced
+// write (a sweep's or the own writer's: the connection had to wait) empties
+// it, so that a busy connection is written once per WriteDelay exactly as
+// before the bucket, even when a sweep comes late; a write of a connection
+// that was due when its message came takes one token.
+func (c *Conn) wroteLocked(now int64, paced bool) {
+	d := int64(c.cfg.WriteDelay)
+	if paced {
+		c.tat = now + d*burst
+		return
+	}
+	c.tat = max(c.tat, now) + d
+}
 
 // queueLocked gives the turn to the connection's flusher.
 func (c *Conn) queueLocked() {
@@ -358,14 +369,14 @@ func (c *Conn) sweep(b *batch, now int64) (kept bool) {
 	c.state = writing
 	c.writers.Add(1)
 	c.mu.Unlock()
-	return c.write(b, now)
+	return c.write(b, now, true)
 }
 
 // write writes what is queued as one batch without blocking, with b as
 // scratch space; the caller holds the turn (writing), which write passes
-// on. A batch the socket does not take whole goes, with b, to the
+// on. paced: see wroteLocked. A batch the socket does not take whole goes, with b, to the
 // connection's own writer: write reports whether the caller keeps b.
-func (c *Conn) write(b *batch, now int64) (kept bool) {
+func (c *Conn) write(b *batch, now int64, paced bool) (kept bool) {
 	defer c.writers.Done()
 	c.mu.Lock()
 	if c.cause != nil {
@@ -374,7 +385,7 @@ func (c *Conn) write(b *batch, now int64) (kept bool) {
 		return true
 	}
 	frames := c.takeLocked(b)
-	c.wroteLocked(now)
+	c.wroteLocked(now, paced)
 	c.mu.Unlock()
 
 	b.build(frames, c.join)
@@ -440,7 +451,7 @@ func (c *Conn) ownLoop(b *batch) {
 		if len(c.queue) > 0 || len(c.ctrl) > 0 {
 			b := getBatch()
 			frames := c.takeLocked(b)
-			c.wroteLocked(monotime())
+			c.wroteLocked(monotime(), true)
 			c.mu.Unlock()
 			b.build(frames, c.join)
 			ok := c.writeRest(b)
@@ -541,7 +552,7 @@ func (c *Conn) onPingTimer() {
 	c.mu.Unlock()
 	if claimed {
 		b := getBatch()
-		if c.write(b, now) {
+		if c.write(b, now, false) {
 			b.release()
 		}
 	}

@@ -191,7 +191,7 @@ func (in *Inline) Flush() {
 	}
 	b := getBatch()
 	for _, c := range in.due[:in.n] {
-		if !c.write(b, in.now) {
+		if !c.write(b, in.now, false) {
 			b = getBatch()
 		}
 	}
