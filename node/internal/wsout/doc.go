@@ -18,7 +18,10 @@
 // to the connection's own writer, and back, always under Conn.mu; a frame
 // that coder/websocket writes while someone else holds the turn is handed
 // to the holder, who sends it between two batches, so a frame is never cut
-// by another. See Conn for the states.
+// by another. See Conn for the states. Closing the socket without a close
+// frame (websocket.Conn.CloseNow) writes nothing, so it is not a write:
+// the writer does it when a write fails, and the node when a connection's
+// reader ends and at the drain's deadline; a write under way then fails.
 //
 // # Locks
 //
