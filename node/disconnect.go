@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -21,7 +22,7 @@ import (
 const controlChannel = protocol.ReservedPrefix + ":control"
 
 // errDisconnected closes the connections of a user the API disconnected.
-var errDisconnected = &closeError{protocol.CloseDisconnected, "disconnected by the server: fetch a new token before reconnecting", true}
+var errDisconnected = &wsout.CloseError{Code: protocol.CloseDisconnected, Reason: "disconnected by the server: fetch a new token before reconnecting", Flush: true}
 
 // controlMessage is a request on controlChannel.
 type controlMessage struct {

@@ -9,12 +9,15 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// A connection's writes are paced by its own last write, not by its
+// A connection's writes are paced by its own last writes, not by its
 // flusher's: on a node whose flusher holds a busy connection's next write
-// for WriteDelay, a message to a quiet connection goes out at once.
+// for WriteDelay, a message to a quiet connection goes out at once. (The
+// pacing lets two writes through after a quiet spell: the busy
+// connection's third message is the one held.)
 func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	const delay = time.Second // the longest RELAY_WRITE_DELAY allowed
 	b := pubsub.NewMemory()
@@ -26,7 +29,7 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.flushers = []*flusher{newFlusher(delay)} // both connections on one
+	n.flushers = []*wsout.Flusher{wsout.NewFlusher(delay)} // both connections on one
 	// Served as nodetest.Start does (it cannot be imported here): Serve's
 	// drain waits for the connections' writers at the end.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -71,21 +74,21 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	publish("busy", "1")
 	read(busy, "1") // written at once: the connection had not been written to
 	publish("busy", "2")
-	// "2" is due a second after "1"; "q" is due now.
+	read(busy, "2") // the second write of the burst
+	publish("busy", "3")
+	// "3" is due a second after "1"; "q" is due now.
 	publish("quiet", "q")
 	read(quiet, "q")
 	var pending int
 	n.mu.Lock()
 	for c := range n.conns {
 		if c.channel == "busy" {
-			c.mu.Lock()
-			pending = len(c.queue)
-			c.mu.Unlock()
+			pending = c.out.Pending()
 		}
 	}
 	n.mu.Unlock()
 	if pending != 1 {
 		t.Fatalf("the busy connection has %d messages queued when the quiet one got its own; want 1 (held for its delay)", pending)
 	}
-	read(busy, "2")
+	read(busy, "3")
 }

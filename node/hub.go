@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -16,8 +17,11 @@ import (
 // one local subscriber: subscribed with the first, stopped after the last.
 //
 // The broker calls a channel's deliver on its own goroutine; deliver never
-// blocks and never writes to a socket: it encodes the message once and puts
-// the same frame in each subscriber's bounded queue.
+// blocks: it encodes the message once and puts the same frame in each
+// subscriber's bounded queue, under the channel's read lock, which it holds
+// for memory only. The subscribers of a small channel whose write is due
+// are then written by deliver itself, without blocking, once the lock is
+// released (wsout.Inline); the others are left to their flushers.
 type hub struct {
 	broker  pubsub.Broker
 	nodeID  string
@@ -34,7 +38,8 @@ type hubChannel struct {
 	name string
 
 	// mu guards subs and index; deliver holds it for reading while it
-	// enqueues. Lock order: hub.mu, then hubChannel.mu, then conn.mu.
+	// enqueues. Lock order: hub.mu, then hubChannel.mu, then the locks of
+	// node/internal/wsout.
 	// (Copy-on-write would cost O(n²) garbage as n subscribers arrive.)
 	mu    sync.RWMutex
 	subs  []*conn
@@ -143,27 +148,23 @@ func (hc *hubChannel) remove(c *conn) (removed, empty bool) {
 // deliver hands m to every local subscriber of the channel. It runs on the
 // broker's goroutine. The frame is built once, lazily per wire form, and
 // shared: enqueueing it allocates nothing per subscriber. Up to
-// inlineFanout subscribers whose write is due are written here, without
-// blocking; the others are left to their flushers' sweeps.
+// wsout.InlineMax subscribers whose write is due are written here, after
+// the read lock is released and without blocking; the others, and all of a
+// larger channel's, are left to their flushers' sweeps.
 func (hc *hubChannel) deliver(m pubsub.Message) {
 	if m.Time != 0 {
 		hc.hub.latency.Observe(time.Duration(time.Now().UnixNano() - m.Time).Seconds())
 	}
+	var in wsout.Inline
 	hc.mu.RLock()
-	defer hc.mu.RUnlock()
-	var w *writev
-	var now int64
-	if len(hc.subs) <= inlineFanout {
-		w, now = writevPool.Get().(*writev), monotime()
-		defer func() { writevPool.Put(w) }()
-	}
+	inline := len(hc.subs) <= wsout.InlineMax
 	fromHere := m.Origin == hc.hub.nodeID
-	var raw, push *frame
+	var raw, push *wsout.Frame
 	for _, c := range hc.subs {
 		if fromHere && m.Conn == c.id && !c.echo {
 			continue
 		}
-		var f *frame
+		var f *wsout.Frame
 		if c.mode == modeProto {
 			if push == nil {
 				push = newPushFrame(hc.name, m)
@@ -175,14 +176,12 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 			}
 			f = raw
 		}
-		if !c.enqueueAt(f, w, now) {
-			w = writevPool.Get().(*writev) // c's own writer has it
+		if inline {
+			in.Add(&c.out, f)
+		} else {
+			c.out.Enqueue(f)
 		}
 	}
+	hc.mu.RUnlock()
+	in.Flush()
 }
-
-// inlineFanout is the most subscribers a channel may have on a node for
-// deliver to write to them itself: waking a flusher costs about one write
-// on the machines measured (BENCHMARKS.md), and a larger fan-out is better
-// spread over the flushers.
-const inlineFanout = 16

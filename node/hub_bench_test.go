@@ -32,7 +32,8 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			}
 			conns := make([]*conn, n)
 			for i := range conns {
-				conns[i] = &conn{n: nd, id: uint64(i + 1), mode: modeRaw} // writerOpening: never written
+				conns[i] = &conn{n: nd, id: uint64(i + 1), mode: modeRaw}
+				conns[i].init(nd, nd.flushers[0]) // never opened: never written
 				if err := nd.hub.subscribe(context.Background(), "bench", conns[i]); err != nil {
 					b.Fatal(err)
 				}
@@ -41,7 +42,7 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			ctx := context.Background()
 			empty := func() {
 				for _, c := range conns {
-					c.queue, c.queued = c.queue[:0], 0
+					c.out.Discard()
 				}
 			}
 			// Warm up: the queues reach their working size, as on a live node.
@@ -61,8 +62,8 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			empty()
 			b.ReportMetric(testing.AllocsPerRun(100, func() { broker.Publish(ctx, "bench", m) })/float64(n), "allocs/delivery")
 			for _, c := range conns {
-				if c.cause != nil {
-					b.Fatalf("conn %d closed: %v", c.id, c.cause)
+				if err := c.out.Cause(); err != nil {
+					b.Fatalf("conn %d closed: %v", c.id, err)
 				}
 			}
 		})

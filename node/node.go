@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/node/auth"
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -30,8 +31,9 @@ type Node struct {
 	broker pubsub.Broker
 	hub    *hub
 	// flushers write the connections' queues; connection i has flusher
-	// i mod len (flush.go).
-	flushers []*flusher
+	// i mod len (node/internal/wsout).
+	flushers []*wsout.Flusher
+	outCfg   wsout.Config
 	metrics  *metrics
 	// verifier checks tokens and namespaces holds the namespace rules
 	// (session.go).
@@ -87,9 +89,11 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	}
 	n.metrics = newMetrics(n, reg)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
-	n.flushers = make([]*flusher, runtime.GOMAXPROCS(0))
+	n.outCfg = wsout.Config{QueueMessages: cfg.QueueMessages, QueueBytes: cfg.QueueBytes, WriteDelay: cfg.WriteDelay,
+		WriteTimeout: cfg.WriteTimeout, PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout}
+	n.flushers = make([]*wsout.Flusher, runtime.GOMAXPROCS(0))
 	for i := range n.flushers {
-		n.flushers[i] = newFlusher(cfg.WriteDelay)
+		n.flushers[i] = wsout.NewFlusher(cfg.WriteDelay)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.routes()
@@ -137,6 +141,9 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	case err = <-errc:
 	}
 	n.drain()
+	for _, f := range n.flushers {
+		f.Close() // their connections have ended
+	}
 	// Connections have ended; now stop serving plain HTTP too.
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -304,13 +311,9 @@ func (n *Node) notReady() []string {
 
 func (n *Node) newConn(r *http.Request, m mode) *conn {
 	id := n.connSeq.Add(1)
-	return &conn{ // writerOpening until open
-		n:       n,
-		id:      id,
-		mode:    m,
-		remote:  r.RemoteAddr,
-		flusher: n.flushers[id%uint64(len(n.flushers))],
-	}
+	c := &conn{n: n, id: id, mode: m, remote: r.RemoteAddr}
+	c.init(n, n.flushers[id%uint64(len(n.flushers))]) // frames wait until the upgrade is done
+	return c
 }
 
 // accept upgrades the request to a WebSocket for c and starts its reader.
@@ -318,8 +321,8 @@ func (n *Node) newConn(r *http.Request, m mode) *conn {
 func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func(*conn) error) bool {
 	w.Header().Set("X-Relay-Node", n.id)
 	rw := &refusalWriter{ResponseWriter: w}
-	hw := &hijackWriter{ResponseWriter: rw, timeout: n.cfg.WriteTimeout}
-	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{OriginPatterns: n.cfg.Origins, OnPongReceived: c.pong})
+	ws, err := websocket.Accept(c.out.Hijacker(rw), r, &websocket.AcceptOptions{
+		OriginPatterns: n.cfg.Origins, OnPingReceived: c.out.OnPing, OnPongReceived: c.out.Pong})
 	if err != nil {
 		if !rw.answer(n) {
 			n.log.Debug("upgrade failed", "remote", r.RemoteAddr, "err", err)
@@ -327,8 +330,7 @@ func (n *Node) accept(w http.ResponseWriter, r *http.Request, c *conn, read func
 		return false
 	}
 	ws.SetReadLimit(n.cfg.MaxMessageBytes)
-	c.ws, c.nc, c.opened = ws, hw.nc, time.Now()
-	c.stats = n.metrics.byMode[c.mode]
+	c.ws, c.opened = ws, time.Now()
 
 	n.mu.Lock()
 	if n.stopped {
@@ -366,8 +368,7 @@ func (n *Node) runConn(c *conn, read func(*conn) error) {
 func (n *Node) connOpened(c *conn) {
 	c.stats.opened.Inc()
 	c.stats.connections.Inc()
-	c.open()
-	c.startPings()
+	c.out.Open(c.ws)
 	c.sess.start(c)
 }
 
@@ -378,18 +379,14 @@ func (n *Node) connEnded(c *conn, err error) {
 	defer n.readers.Done()
 	defer c.release()
 	c.close(err)
-	c.stopPings()
 	c.sess.stop()
 	if c.channel != "" {
 		n.hub.unsubscribe(c.channel, c)
 	}
-	c.writers.Wait()
+	c.out.Wait()
 	c.ws.CloseNow()
 
-	c.mu.Lock()
-	cause := c.cause
-	c.mu.Unlock()
-	code, by := closeCode(cause, err)
+	code, by := closeCode(c.out.Cause(), err)
 	n.mu.Lock()
 	delete(n.conns, c)
 	n.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"golang.org/x/time/rate"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -27,16 +28,14 @@ const maxJoinBytes = 64 << 10
 
 // errTooManyErrors closes a connection that keeps sending bad commands.
 // The error reply that crossed the limit is sent first.
-var errTooManyErrors = &closeError{protocol.ClosePolicyViolation, "too many bad commands", true}
+var errTooManyErrors = &wsout.CloseError{Code: protocol.ClosePolicyViolation, Reason: "too many bad commands", Flush: true}
 
 // The result of every successful command in protocol version 1.
 var emptyResult = json.RawMessage(`{}`)
 
 // protoConn is the protocol-mode state of a connection. The connection's
-// reader goroutine owns it, except batch, which is set before the
-// connection opens and only read afterwards (by the writer).
+// reader goroutine owns it.
 type protoConn struct {
-	batch  bool                // join pending pushes into one frame
 	subs   map[string]struct{} // the channels subscribed to
 	bucket *rate.Limiter       // commands; nil = no limit
 	errs   errorWindow         // recent client errors
@@ -68,14 +67,16 @@ func (n *Node) serveProto(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.echo = echo
+	if batch {
+		c.out.SetJoin(joinLines)
+	}
 	c.proto = &protoConn{
-		batch:  batch,
 		subs:   make(map[string]struct{}),
 		bucket: commandLimiter(n.cfg),
 		errs:   errorWindow{max: n.cfg.ProtoMaxErrors, window: n.cfg.ProtoErrorWindow},
 	}
 	if hello { // queued before the upgrade: the first object sent
-		c.enqueue(newFrame(websocket.MessageText, protocol.AppendHello(nil, n.id)))
+		c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendHello(nil, n.id)))
 	}
 	if !n.accept(w, r, c, n.readProto) {
 		c.release()
@@ -136,11 +137,11 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 	}
 	if perr == nil {
 		if cmd.ID != nil {
-			c.enqueue(newFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, result)))
+			c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, result)))
 		}
 		return nil
 	}
-	c.enqueue(newFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
+	c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendError(nil, cmd.ID, perr)))
 	if p.closing != nil {
 		return p.closing
 	}
@@ -227,45 +228,39 @@ func clientError(code protocol.Code) bool {
 
 // newPushFrame is the protocol-mode form of m on channel, built once per
 // message per node and shared by its protocol-mode subscribers.
-func newPushFrame(channel string, m pubsub.Message) *frame {
+func newPushFrame(channel string, m pubsub.Message) *wsout.Frame {
 	binary := m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload))
 	buf := make([]byte, 0, protocol.PushSize(channel, m.Payload, binary))
-	return newFrame(websocket.MessageText, protocol.AppendPush(buf, channel, m.Payload, binary))
+	return wsout.NewFrame(websocket.MessageText, protocol.AppendPush(buf, channel, m.Payload, binary))
 }
 
-// next returns the header and payload of the next frame to write of batch
-// and how many frames of batch it consumes. A protocol-mode connection that
-// batches joins consecutive text frames into one message, separated by
-// "\n", up to maxJoinBytes: several pending pushes (and replies) cost one
-// frame. Every protocol-mode message is one line of compact JSON, so the
-// client splits on "\n". Joined frames live in w until the batch is written.
-func (w *writev) next(c *conn, batch []*frame) (hdr, data []byte, n int) {
+// joinLines is the writer's join (wsout.JoinFunc) of a protocol-mode
+// connection that batches: consecutive text frames of a batch become one
+// message, separated by "\n", up to maxJoinBytes, so that several pending
+// pushes (and replies) cost one frame. Every protocol-mode message is one
+// line of compact JSON, so the client splits on "\n".
+func joinLines(dst []byte, batch []*wsout.Frame) ([]byte, int) {
 	f := batch[0]
-	if c.proto == nil || !c.proto.batch || f.typ != websocket.MessageText {
-		return f.hdr, f.data, 1
+	if f.Type() != websocket.MessageText {
+		return dst, 1
 	}
-	size, k := len(f.data), 1
+	size, k := len(f.Payload()), 1
 	for ; k < len(batch); k++ {
 		g := batch[k]
-		if g.typ != websocket.MessageText || size+1+len(g.data) > maxJoinBytes {
+		if g.Type() != websocket.MessageText || size+1+len(g.Payload()) > maxJoinBytes {
 			break
 		}
-		size += 1 + len(g.data)
+		size += 1 + len(g.Payload())
 	}
 	if k == 1 {
-		return f.hdr, f.data, 1
+		return dst, 1
 	}
-	// Earlier joins keep pointing into the old array if these grow.
-	start := len(w.joins)
-	w.joins = append(w.joins, f.data...)
+	dst = append(dst, f.Payload()...)
 	for _, g := range batch[1:k] {
-		w.joins = append(w.joins, '\n')
-		w.joins = append(w.joins, g.data...)
+		dst = append(dst, '\n')
+		dst = append(dst, g.Payload()...)
 	}
-	data = w.joins[start:]
-	h := len(w.hdrs)
-	w.hdrs = appendFrameHeader(w.hdrs, websocket.MessageText, len(data))
-	return w.hdrs[h:], data, k
+	return dst, k
 }
 
 // commandLimiter is the token bucket of one connection's commands, nil

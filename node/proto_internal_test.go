@@ -8,48 +8,38 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-func TestJoinPushes(t *testing.T) {
-	text := func(s string) *frame { return newFrame(websocket.MessageText, []byte(s)) }
+func TestJoinLines(t *testing.T) {
+	text := func(s string) *wsout.Frame { return wsout.NewFrame(websocket.MessageText, []byte(s)) }
 	big := strings.Repeat("x", maxJoinBytes-2)
-	batch := []*frame{
+	batch := []*wsout.Frame{
 		text("a"), text("b"),
-		newFrame(websocket.MessageBinary, []byte("bin")),
+		wsout.NewFrame(websocket.MessageBinary, []byte("bin")),
 		text("cc"), text(big), text("d"), text("e"),
 	}
-	tests := []struct {
-		name  string
-		proto *protoConn
-		want  []string
-	}{
-		{"raw mode", nil, []string{"a", "b", "bin", "cc", big, "d", "e"}},
-		{"batch=false", &protoConn{batch: false}, []string{"a", "b", "bin", "cc", big, "d", "e"}},
-		// cc and big would exceed maxJoinBytes; big and d fit exactly.
-		{"batch=true", &protoConn{batch: true}, []string{"a\nb", "bin", "cc", big + "\nd", "e"}},
+	// cc and big would exceed maxJoinBytes; big and d fit exactly.
+	want := []string{"a\nb", "bin", "cc", big + "\nd", "e"}
+	var got []string
+	for rest := batch; len(rest) > 0; {
+		joined, n := joinLines([]byte("earlier"), rest)
+		if n < 1 || n > len(rest) {
+			t.Fatalf("joinLines consumed %d of %d frames", n, len(rest))
+		}
+		if n == 1 {
+			got = append(got, string(rest[0].Payload()))
+		} else {
+			if !strings.HasPrefix(string(joined), "earlier") {
+				t.Fatalf("joinLines did not append to dst: %.20q", joined)
+			}
+			got = append(got, strings.TrimPrefix(string(joined), "earlier"))
+		}
+		rest = rest[n:]
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := &conn{proto: tt.proto}
-			w := writevPool.Get().(*writev)
-			defer w.release()
-			var got []string
-			for rest := batch; len(rest) > 0; {
-				hdr, data, n := w.next(c, rest)
-				if n < 1 || n > len(rest) {
-					t.Fatalf("next consumed %d of %d frames", n, len(rest))
-				}
-				if want := appendFrameHeader(nil, rest[0].typ, len(data)); string(hdr) != string(want) {
-					t.Errorf("message %d header %x, want %x", len(got), hdr, want)
-				}
-				got = append(got, string(data))
-				rest = rest[n:]
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
-				t.Errorf("messages %.80q, want %.80q", got, tt.want)
-			}
-		})
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("messages %.80q, want %.80q", got, want)
 	}
 }
 
@@ -79,13 +69,16 @@ func TestErrorWindow(t *testing.T) {
 }
 
 // protoSubscribers returns a channel of the hub of a node without a network
-// with n protocol-mode subscribers whose writers never start (writerOpening).
+// with n protocol-mode subscribers that never open, so are never written.
 func protoSubscribers(n int) (*hubChannel, []*conn) {
-	nd := &Node{cfg: Config{QueueMessages: 1 << 20, QueueBytes: 1 << 30}}
+	nd := &Node{outCfg: wsout.Config{QueueMessages: 1 << 20, QueueBytes: 1 << 30}}
+	f := wsout.NewFlusher(0)
 	hc := &hubChannel{hub: &hub{nodeID: "here"}, name: "chat:lobby", index: make(map[*conn]int)}
 	var conns []*conn
 	for i := range n {
-		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, proto: &protoConn{batch: true}}
+		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, proto: &protoConn{}}
+		c.out.Init(&nd.outCfg, f, c)
+		c.out.SetJoin(joinLines)
 		hc.add(c)
 		conns = append(conns, c)
 	}
@@ -94,8 +87,7 @@ func protoSubscribers(n int) (*hubChannel, []*conn) {
 
 func drain(conns []*conn) {
 	for _, c := range conns {
-		clear(c.queue)
-		c.queue, c.queued = c.queue[:0], 0
+		c.out.Discard()
 	}
 }
 
@@ -127,9 +119,12 @@ func BenchmarkDeliverProto(b *testing.B) {
 		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
 			hc, conns := protoSubscribers(n)
 			b.ReportAllocs()
+			i := 0
 			for b.Loop() {
 				hc.deliver(benchMessage)
-				drain(conns)
+				if i++; i%1024 == 0 { // as a sweep would, now and then
+					drain(conns)
+				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/delivery")
 		})

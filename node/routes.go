@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/time/rate"
 
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/node/web"
 	"github.com/relay-pubsub/relay/pubsub"
@@ -290,7 +291,7 @@ func (n *Node) readEcho(c *conn) error {
 		if err != nil {
 			return err
 		}
-		c.enqueue(newFrame(typ, append([]byte(echoPrefix), data...)))
+		c.out.Send(wsout.NewFrame(typ, append([]byte(echoPrefix), data...)))
 	}
 }
 

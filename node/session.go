@@ -15,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/relay-pubsub/relay/node/auth"
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
 )
 
@@ -24,10 +25,10 @@ import (
 
 // Why the server closes a connection, for its token.
 var (
-	errTokenExpired     = &closeError{protocol.CloseTokenExpired, "token expired: fetch a new token before reconnecting", true}
-	errTokenInvalid     = &closeError{protocol.CloseTokenInvalid, "token refused: fetch a new token before reconnecting", true}
-	errConnectNeeded    = &closeError{protocol.CloseConnectNeeded, "no token: send a token with the upgrade or a connect command", true}
-	errPublishForbidden = &closeError{protocol.ClosePolicyViolation, "publish not allowed", true}
+	errTokenExpired     = &wsout.CloseError{Code: protocol.CloseTokenExpired, Reason: "token expired: fetch a new token before reconnecting", Flush: true}
+	errTokenInvalid     = &wsout.CloseError{Code: protocol.CloseTokenInvalid, Reason: "token refused: fetch a new token before reconnecting", Flush: true}
+	errConnectNeeded    = &wsout.CloseError{Code: protocol.CloseConnectNeeded, Reason: "no token: send a token with the upgrade or a connect command", Flush: true}
+	errPublishForbidden = &wsout.CloseError{Code: protocol.ClosePolicyViolation, Reason: "publish not allowed", Flush: true}
 )
 
 // newAuth returns the token verifier and namespace rules of cfg.
@@ -219,7 +220,7 @@ func (s *session) fire(c *conn) {
 	if phase == phaseLive && c.mode == modeProto && grace > 0 {
 		s.armLocked(c, phaseGrace, now.Add(grace))
 		s.mu.Unlock()
-		c.enqueue(newFrame(websocket.MessageText, protocol.AppendRefresh(nil, grace.Milliseconds())))
+		c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendRefresh(nil, grace.Milliseconds())))
 		return
 	}
 	s.phase = phaseNone

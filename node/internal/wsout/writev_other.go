@@ -1,6 +1,6 @@
 //go:build !linux
 
-package node
+package wsout
 
 import "syscall"
 
@@ -12,4 +12,4 @@ const nonblockingWrites = false
 type iovecs = []struct{}
 
 // writevNonblock is not called off Linux.
-func writevNonblock(uintptr, *writev) syscall.Errno { return syscall.EINVAL }
+func writevNonblock(uintptr, *batch) syscall.Errno { return syscall.EINVAL }
