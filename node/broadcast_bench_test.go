@@ -5,9 +5,7 @@ package node_test
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"io"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -96,25 +95,15 @@ func awaitDelivered(b *testing.B, count *atomic.Int64, progress <-chan struct{},
 // countFrames reads unmasked server frames and counts them until EOF,
 // signalling progress.
 func countFrames(r *bufio.Reader, count *atomic.Int64, progress chan<- struct{}) {
-	var hdr [8]byte
 	for {
-		if _, err := io.ReadFull(r, hdr[:2]); err != nil {
+		h, err := wsclient.ReadHeader(r)
+		if err != nil {
 			return
 		}
-		data := hdr[0]&0x0f < 8 // data frames, not ping or close
-		size := int64(hdr[1] & 0x7f)
-		switch size {
-		case 126:
-			io.ReadFull(r, hdr[:2])
-			size = int64(binary.BigEndian.Uint16(hdr[:2]))
-		case 127:
-			io.ReadFull(r, hdr[:8])
-			size = int64(binary.BigEndian.Uint64(hdr[:8]))
-		}
-		if _, err := r.Discard(int(size)); err != nil {
+		if _, err := r.Discard(int(h.Len)); err != nil {
 			return
 		}
-		if data {
+		if !h.Control() { // data frames, not ping or close
 			count.Add(1)
 			select {
 			case progress <- struct{}{}:

@@ -1,14 +1,13 @@
 package node_test
 
 import (
-	"bufio"
-	"io"
+	"context"
 	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -56,15 +55,9 @@ func settle() footprint {
 
 // handshake opens a WebSocket to addr+path with a bare TCP connection.
 func handshake(tb testing.TB, addr, path string) net.Conn {
-	nc, err := net.Dial("tcp", addr)
+	nc, _, err := wsclient.Dial(context.Background(), addr, path, wsclient.Options{})
 	if err != nil {
 		tb.Fatal(err)
-	}
-	io.WriteString(nc, "GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReaderSize(nc, 256), nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		tb.Fatalf("handshake: %v %v", resp, err)
 	}
 	return nc
 }
