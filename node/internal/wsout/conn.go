@@ -531,6 +531,24 @@ func (c *Conn) writeControl(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// awaitControl waits, within the write timeout, until no control frame
+// waits for the turn and no holder is writing one. There is no event for
+// it (the turn passes between many holders), so it polls; it runs only as
+// coder/websocket closes the socket, rarely with anything pending, and
+// then for at most one write interval.
+func (c *Conn) awaitControl() {
+	deadline := time.Now().Add(c.cfg.WriteTimeout)
+	for {
+		c.mu.Lock()
+		pending := len(c.ctrl) > 0 || c.state == writing || c.state == own
+		c.mu.Unlock()
+		if !pending || time.Now().After(deadline) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // onPingTimer runs on the ping timer's goroutine: it queues a ping, or
 // checks that the last one was answered. It re-arms the timer under mu,
 // and never once the connection closes.

@@ -446,3 +446,32 @@ func TestCloseEchoAfterHalfWrittenBatch(t *testing.T) {
 		t.Fatal("a frame after the close echo")
 	}
 }
+
+// coder/websocket closes the socket right after it answers a client's
+// close frame. While another holder has the turn the answer is only
+// queued: the socket's Close waits for it, so the peer gets the rest of
+// the batch and then the close frame, not an abrupt end.
+func TestSocketCloseWaitsForCloseEcho(t *testing.T) {
+	p := newPair(t, Config{}, true)
+	p.c.Open(closer{p.c})
+	sent := p.fillUntilOwn(t)
+	echo := []byte{0x88, 2, 0x03, 0xe8} // 1000
+	p.c.sock.Write(echo)
+	closed := make(chan error, 1)
+	go func() { closed <- p.c.sock.Close() }()
+	for got := 0; ; got++ {
+		f, err := p.read(t)
+		if err != nil {
+			t.Fatalf("after %d of %d messages, no close frame: %v", got, sent, err)
+		}
+		if f.op == 0x8 {
+			if got != sent {
+				t.Fatalf("close echo after %d messages, want %d", got, sent)
+			}
+			break
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("socket.Close: %v", err)
+	}
+}

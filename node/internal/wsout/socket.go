@@ -37,6 +37,16 @@ type socket struct {
 
 func (s *socket) Write(p []byte) (int, error) { return s.out.writeControl(p) }
 
+// Close closes the socket once the control frames waiting for the turn
+// are out. coder/websocket answers a client's close frame (socket.Write)
+// and closes the socket right after: while another holder had the turn,
+// the answer was only queued, and closing at once lost it (the client saw
+// the connection end without a close frame).
+func (s *socket) Close() error {
+	s.out.awaitControl()
+	return s.Conn.Close()
+}
+
 // closeInvalidReason is the close frame 1007 "invalid UTF-8 in the close
 // reason".
 var closeInvalidReason = func() []byte {
