@@ -507,8 +507,14 @@ func (sh *shard) wentLive(gap []string, reconnect, outage bool) {
 		return
 	}
 	sh.b.stats.resubscribes.Add(1)
-	if sh.b.cfg.OnGap != nil {
-		sh.b.cfg.OnGap(gap)
+	sh.b.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", len(gap))
+	for _, channel := range gap {
+		sh.mu.Lock()
+		rc := sh.chans[channel]
+		sh.mu.Unlock()
+		if rc != nil {
+			sh.deliver(rc, Message{Gap: true})
+		}
 	}
 }
 
@@ -558,7 +564,11 @@ func (sh *shard) dispatch(msg *redis.Message) {
 	if !live {
 		return
 	}
-	m := DecodeEnvelope([]byte(msg.Payload))
+	sh.deliver(rc, DecodeEnvelope([]byte(msg.Payload)))
+}
+
+// deliver calls the handlers of rc with m, without mu held.
+func (sh *shard) deliver(rc *redisChan, m Message) {
 	rc.dmu.Lock()
 	defer rc.dmu.Unlock()
 	for _, s := range *rc.subs.Load() {
