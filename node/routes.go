@@ -207,7 +207,12 @@ func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.Message
 func (n *Node) publish(channel string, m pubsub.Message) error {
 	start := time.Now()
 	m.Time = start.UnixNano()
-	err := n.broker.Publish(n.ctx, channel, m)
+	var err error
+	if h, opts, ok := n.historyOf(channel); ok {
+		_, err = h.PublishHistory(n.ctx, channel, m, opts)
+	} else {
+		err = n.broker.Publish(n.ctx, channel, m)
+	}
 	n.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		n.metrics.publishErrors.Inc()
