@@ -33,7 +33,7 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			conns := make([]*conn, n)
 			for i := range conns {
 				conns[i] = &conn{n: nd, id: uint64(i + 1), mode: modeRaw} // writerOpening: never written
-				if err := nd.hub.subscribe(context.Background(), "bench", conns[i]); err != nil {
+				if err := nd.hub.subscribe(context.Background(), "bench", conns[i], nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -87,11 +87,13 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	}
 	n.metrics = newMetrics(n, reg)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
+	n.hub.history, n.hub.recoverMax = n.historyOf, cfg.HistoryRecoverMax
 	n.flushers = make([]*flusher, runtime.GOMAXPROCS(0))
 	for i := range n.flushers {
 		n.flushers[i] = newFlusher(cfg.WriteDelay)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.hub.ctx = n.ctx
 	n.routes()
 	return n, nil
 }
@@ -142,6 +144,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	n.cancel()
+	n.hub.repairs.Wait() // bounded by n.ctx
 	if err == nil {
 		err = <-errc
 	}

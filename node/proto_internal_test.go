@@ -86,7 +86,7 @@ func protoSubscribers(n int) (*hubChannel, []*conn) {
 	var conns []*conn
 	for i := range n {
 		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, proto: &protoConn{batch: true}}
-		hc.add(c)
+		hc.add(c, nil)
 		conns = append(conns, c)
 	}
 	return hc, conns

@@ -137,14 +137,24 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
+	since, err := rawSince(r)
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		return
+	}
 	c := n.connect(w, r, modeRaw, channel)
 	if c == nil {
 		return
 	}
 	c.channel, c.echo = channel, echo
 	// Subscribe before the upgrade: a client that is told 101 receives
-	// everything published from then on.
-	if err := n.hub.subscribe(r.Context(), channel, c); err != nil {
+	// everything published from then on (and, with since, what it missed).
+	if since != nil {
+		if !n.subscribeRawSince(w, c, since) {
+			c.release()
+			return
+		}
+	} else if err := n.hub.subscribe(r.Context(), channel, c, nil); err != nil {
 		c.release()
 		n.log.Warn("subscribe failed", "channel", channel, "err", err)
 		w.Header().Set("Retry-After", "1")
