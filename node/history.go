@@ -62,6 +62,7 @@ type recovery struct {
 	mu     sync.Mutex
 	done   bool             // finish ran: messages go straight through
 	last   uint64           // the highest offset queued to the subscriber
+	epoch  string           // the epoch of last
 	held   []pubsub.Message // live messages while !done, in order
 	over   bool             // more than the bound arrived while !done
 	caught bool             // a live message beyond last passed after done
@@ -81,7 +82,7 @@ func (r *recovery) take(m pubsub.Message, max int) (hold, caught bool) {
 		}
 		return true, false
 	}
-	if m.Offset != 0 && m.Offset <= r.last {
+	if m.Offset != 0 && m.Epoch == r.epoch && m.Offset <= r.last {
 		return true, false
 	}
 	first := !r.caught
@@ -178,7 +179,7 @@ func (hc *hubChannel) repair(from pubsub.Position) {
 		if hc.recs == nil {
 			hc.recs = make(map[*conn]*recovery)
 		}
-		r := &recovery{last: from.Offset}
+		r := &recovery{last: from.Offset, epoch: from.Epoch}
 		hc.recs[c] = r
 		subs = append(subs, sub{c, r})
 	}
@@ -239,8 +240,9 @@ func (hc *hubChannel) frameOf(c *conn, m pubsub.Message, f *msgFrames) *frame {
 
 // finish ends r: it queues reply (when not nil), announces a gap first if
 // lost, then the messages of msgs and those r held, in offset order and
-// each once; a hole between them is announced too. From then on deliver
-// passes c only messages above the last offset queued.
+// each once; a hole between them, or a new epoch, is announced too. From
+// then on deliver passes c only messages above the last offset queued, or
+// of another epoch.
 func (hc *hubChannel) finish(c *conn, r *recovery, msgs []pubsub.Message, frames []msgFrames, reply *frame, lost bool) {
 	fromHere := func(m pubsub.Message) bool { return m.Origin == hc.hub.nodeID && m.Conn == c.id && !c.echo }
 	r.mu.Lock()
@@ -252,24 +254,25 @@ func (hc *hubChannel) finish(c *conn, r *recovery, msgs []pubsub.Message, frames
 		hc.announce(c)
 	}
 	for i, m := range msgs {
-		if m.Offset <= r.last {
+		if m.Epoch == r.epoch && m.Offset <= r.last {
 			continue
 		}
 		if !fromHere(m) {
 			c.enqueue(hc.frameOf(c, m, &frames[i]))
 		}
-		r.last = m.Offset
+		r.last, r.epoch = m.Offset, m.Epoch
 	}
+	announced := lost // covers the hole before the next message
 	for _, m := range r.held {
-		if m.Offset <= r.last {
+		if m.Epoch == r.epoch && m.Offset <= r.last {
 			continue
 		}
-		if r.last != 0 && m.Offset > r.last+1 && !lost {
+		if hole := m.Epoch != r.epoch || m.Offset > r.last+1; hole && !announced {
 			hc.announce(c)
 		}
 		var f msgFrames
 		c.enqueue(hc.frameOf(c, m, &f))
-		r.last = m.Offset
+		r.last, r.epoch, announced = m.Offset, m.Epoch, false
 	}
 	if r.over {
 		c.close(errSlowConsumer)
@@ -326,6 +329,7 @@ func (n *Node) recoverFor(c *conn, channel string, hist pubsub.Historian, opts p
 		}
 		recovered = reaches(pubsub.Position{Offset: since.Offset, Epoch: since.Epoch}, pos, msgs, n.cfg.HistoryRecoverMax)
 	}
+	r.epoch = pos.Epoch
 	if recovered {
 		r.last = since.Offset
 	} else {
