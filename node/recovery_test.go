@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -254,4 +256,288 @@ func TestRecoverNotPossible(t *testing.T) {
 		}
 	}
 	s.expect(`{"channel":"trim","offset":1,"data":1}`)
+}
+
+// event is what a subscriber got, in order: a message (delivered live, or
+// recovered by a subscribe with since) or a gap notice (a gap push, or a
+// subscribe with since answered recovered false).
+type event struct {
+	gap, recovered bool
+	m              feedMsg
+}
+
+// subscriber records the events of channel until it has the last message
+// of each of its publishers. A churning subscriber leaves and subscribes
+// again with since every 100 messages, alternating nodes, until stop.
+type subscriber struct {
+	channel string
+	urls    []string
+	churn   bool
+	events  []event // read once run returned
+}
+
+func (s *subscriber) run(ctx context.Context, publishers int, ready chan<- struct{}, stop <-chan struct{}) error {
+	var c *feedClient
+	defer func() {
+		if c != nil {
+			c.ws.CloseNow()
+		}
+	}()
+	var since *protocol.Since
+	var recoveredTo uint64                       // pushes up to this offset were recovered
+	pace := time.NewTicker(5 * time.Millisecond) // retries while Redis is down
+	defer pace.Stop()
+	var connect func(i int) error
+	retry := func(i int) error {
+		for range 4000 {
+			err := connect(i)
+			var pe *protocol.Error
+			if !errors.As(err, &pe) || pe.Code != protocol.CodeUnavailable {
+				return err
+			}
+			<-pace.C
+		}
+		return errors.New("subscribe unavailable for too long")
+	}
+	connect = func(i int) error {
+		var err error
+		if c != nil {
+			c.ws.CloseNow()
+		}
+		if c, err = dialFeed(ctx, s.urls[i%len(s.urls)]+"/ws"); err != nil {
+			return err
+		}
+		cmd := fmt.Sprintf(`{"id":1,"cmd":"subscribe","channel":%q}`, s.channel)
+		if since != nil {
+			cmd = fmt.Sprintf(`{"id":1,"cmd":"subscribe","channel":%q,"since":{"offset":%d,"epoch":%q}}`, s.channel, since.Offset, since.Epoch)
+		}
+		if err := c.send(ctx, cmd); err != nil {
+			return err
+		}
+		for {
+			m, err := c.read(ctx)
+			if err != nil {
+				return err
+			}
+			if m.ID == nil {
+				continue // a push before the reply: cannot be, it is held
+			}
+			if m.Error != nil {
+				return fmt.Errorf("subscribe: %w", m.Error)
+			}
+			if m.Result != nil && m.Result.Recovered != nil {
+				if *m.Result.Recovered {
+					recoveredTo = m.Result.Offset
+				} else {
+					s.events = append(s.events, event{gap: true})
+				}
+			}
+			if m.Result != nil && m.Result.Epoch != "" {
+				since = &protocol.Since{Offset: m.Result.Offset, Epoch: m.Result.Epoch}
+			}
+			return nil
+		}
+	}
+	if err := connect(0); err != nil {
+		return err
+	}
+	ready <- struct{}{}
+	ends, got, churns := 0, 0, 0
+	for ends < publishers {
+		m, err := c.read(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.channel, err)
+		}
+		switch {
+		case m.Gap != nil:
+			s.events = append(s.events, event{gap: true})
+		case m.Data != nil:
+			if m.Data.N == -1 {
+				ends++
+				continue
+			}
+			s.events = append(s.events, event{m: *m.Data, recovered: m.Offset != 0 && m.Offset <= recoveredTo})
+			if since != nil && m.Offset != 0 {
+				since.Offset = m.Offset
+			}
+			got++
+		default:
+			return fmt.Errorf("%s: unexpected %+v", s.channel, m)
+		}
+		select {
+		case <-stop:
+			continue
+		default:
+		}
+		if s.churn && got%100 == 0 && churns < 6 {
+			churns++
+			if err := retry(churns); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// tally counts, for each message p acknowledged, whether s got it live,
+// recovered, announced by a gap notice between its neighbours, or none of
+// these; and reports duplicates and disorder.
+func tally(t *testing.T, s *subscriber, p *publisher) (delivered, recovered, announced, silent int) {
+	t.Helper()
+	pos := map[int]int{} // N → index of its event
+	lastN := 0
+	for i, e := range s.events {
+		if e.gap || e.m.P != p.id {
+			continue
+		}
+		if _, dup := pos[e.m.N]; dup {
+			t.Errorf("%s: publisher %d message %d received twice", s.channel, p.id, e.m.N)
+		}
+		if e.m.N < lastN {
+			t.Errorf("%s: publisher %d message %d after %d", s.channel, p.id, e.m.N, lastN)
+		}
+		lastN = e.m.N
+		pos[e.m.N] = i
+	}
+	p.acked.Range(func(k, _ any) bool {
+		n := k.(int)
+		if i, ok := pos[n]; ok {
+			if s.events[i].recovered {
+				recovered++
+			} else {
+				delivered++
+			}
+			return true
+		}
+		before, after := -1, len(s.events) // neighbours received
+		for m, i := range pos {
+			if m < n && i > before {
+				before = i
+			}
+			if m > n && i < after {
+				after = i
+			}
+		}
+		for i := before + 1; i < after; i++ {
+			if s.events[i].gap {
+				announced++
+				return true
+			}
+		}
+		silent++
+		return true
+	})
+	return
+}
+
+// TestRedisKilledNothingLostSilently kills Redis (SIGKILL) and starts it
+// again while publishers, waiting for each acknowledgement, and
+// subscribers on two nodes run, on a channel with history and one
+// without, one subscriber leaving and recovering with since throughout:
+// every acknowledged message must be delivered, recovered or announced by
+// a gap notice to every subscriber.
+func TestRedisKilledNothingLostSilently(t *testing.T) {
+	r := testenv.StartRedis(t)
+	ns := filepath.Join(t.TempDir(), "namespaces.yaml")
+	if err := os.WriteFile(ns, []byte("namespaces:\n  plain:\n    history_size: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nodes := nodetest.ClusterWith(t, r.URL(), 2, nodetest.Options{Config: func(cfg *node.Config) {
+		withHistory(10000)(cfg)
+		cfg.ProtoCommandRate = 0
+		cfg.NamespacesFile = ns
+	}})
+	urls := []string{nodes[0].WS, nodes[1].WS}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var subs []*subscriber
+	for _, ch := range []string{"feed", "plain:feed"} {
+		for i := range urls {
+			subs = append(subs, &subscriber{channel: ch, urls: urls[i : i+1]})
+		}
+	}
+	subs = append(subs, &subscriber{channel: "feed", urls: urls, churn: true})
+	stop := make(chan struct{})
+	ready := make(chan struct{}, len(subs))
+	errs := make(chan error, 16)
+	var wg sync.WaitGroup
+	for _, s := range subs {
+		wg.Go(func() {
+			if err := s.run(ctx, 2, ready, stop); err != nil {
+				errs <- err
+				cancel()
+			}
+		})
+	}
+	for range subs {
+		select {
+		case <-ready:
+		case err := <-errs:
+			t.Fatal(err)
+		}
+	}
+	var pubs []*publisher
+	var pwg sync.WaitGroup
+	for i, ch := range []string{"feed", "feed", "plain:feed", "plain:feed"} {
+		p := &publisher{id: i + 1, channel: ch, tick: make(chan struct{}, 1)}
+		pubs = append(pubs, p)
+		pwg.Go(func() {
+			if err := p.run(ctx, urls[i%2]+"/ws", stop); err != nil {
+				errs <- fmt.Errorf("publisher %d: %w", p.id, err)
+				cancel()
+			}
+		})
+	}
+	waitCount(t, pubs, 100)
+	r.Stop()                 // SIGKILL
+	for _, p := range pubs { // every publisher saw the outage
+		testenv.WaitFor(t, 60*time.Second, "a publish answered unavailable", func() bool { return p.errs.Load() > 0 || ctx.Err() != nil })
+	}
+	before := make([]int64, len(pubs))
+	for i, p := range pubs {
+		before[i] = p.count.Load()
+	}
+	r.Start()
+	for i, p := range pubs {
+		if ctx.Err() == nil {
+			waitCount(t, []*publisher{p}, before[i]+300)
+		}
+	}
+	close(stop)
+	pwg.Wait()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	var delivered, recovered, announced, silent int
+	for _, s := range subs {
+		for _, p := range pubs {
+			if p.channel != s.channel {
+				continue
+			}
+			d, rc, a, sl := tally(t, s, p)
+			if sl > 0 {
+				t.Logf("%s subscriber (churn %v, %d events), publisher %d: delivered %d recovered %d announced %d silent %d", s.channel, s.churn, len(s.events), p.id, d, rc, a, sl)
+			}
+			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
+		}
+	}
+	t.Logf("acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d", delivered, recovered, announced, silent)
+	if silent != 0 {
+		t.Errorf("%d acknowledged messages lost silently", silent)
+	}
+	for _, s := range subs {
+		gaps := 0
+		for _, e := range s.events {
+			if e.gap {
+				gaps++
+			}
+		}
+		if gaps == 0 && !s.churn {
+			t.Errorf("%s subscriber on %s got no gap notice for the outage", s.channel, s.urls[0])
+		}
+	}
 }
