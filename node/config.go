@@ -104,6 +104,7 @@ type Config struct {
 	HistoryTTL  time.Duration `envconfig:"HISTORY_TTL" default:"5m" desc:"how long a channel's history is kept after its last publish (0 = no history)"`
 	// HistoryRecoverMax bounds the messages one recovery delivers: a
 	// subscriber further behind gets recovered false instead of a flood.
+	// Zero means 1000.
 	HistoryRecoverMax int `envconfig:"HISTORY_RECOVER_MAX" default:"1000" desc:"most messages one recovery (subscribe with since, or a node repairing a gap) delivers; further behind, recovered is false"`
 
 	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
@@ -179,7 +180,7 @@ func (c *Config) Validate() error {
 	if c.HistoryTTL < 0 || (c.HistoryTTL > 0 && c.HistoryTTL < time.Millisecond) {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_TTL: %v; want 0 (no history) or at least 1ms, such as 5m", c.HistoryTTL))
 	}
-	if c.HistoryRecoverMax < 1 {
+	if c.HistoryRecoverMax < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_RECOVER_MAX: %d; want at least 1", c.HistoryRecoverMax))
 	}
 	for _, t := range c.AuthTokens {

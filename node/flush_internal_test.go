@@ -21,7 +21,7 @@ func TestQuietConnectionNotHeldBehindBusyOne(t *testing.T) {
 	n, err := New(Config{
 		Addr: "127.0.0.1:0", MaxMessageBytes: 1 << 16, QueueMessages: 64, QueueBytes: 1 << 20,
 		WriteTimeout: 10 * time.Second, WriteDelay: delay, PingInterval: time.Minute, PongTimeout: time.Minute,
-		DrainSeconds: 1, HistoryRecoverMax: 1,
+		DrainSeconds: 1,
 	}, b, prometheus.NewRegistry(), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -90,6 +90,15 @@ func (r *recovery) take(m pubsub.Message, max int) (hold, caught bool) {
 	return false, first
 }
 
+// recovering returns c's recovery, nil when it has none; hc.mu is held.
+// Most channels have no recovery: that costs a length check.
+func (hc *hubChannel) recovering(c *conn) *recovery {
+	if len(hc.recs) == 0 {
+		return nil
+	}
+	return hc.recs[c]
+}
+
 // dropCaught forgets the recoveries whose subscriber caught up.
 func (hc *hubChannel) dropCaught() {
 	hc.mu.Lock()
@@ -207,6 +216,9 @@ func (hc *hubChannel) repair(from pubsub.Position) {
 		}
 	})
 }
+
+// defaultRecoverMax is HistoryRecoverMax when it is zero.
+const defaultRecoverMax = 1000
 
 // repairTimeout bounds the history read of a repair.
 const repairTimeout = 10 * time.Second

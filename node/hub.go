@@ -194,7 +194,7 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 		if fromHere && m.Conn == c.id && !c.echo {
 			continue
 		}
-		if r := hc.recs[c]; r != nil {
+		if r := hc.recovering(c); r != nil {
 			hold, done := r.take(m, hc.hub.recoverMax)
 			caught = caught || done
 			if hold {

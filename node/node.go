@@ -73,6 +73,9 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	if cfg.NodeID == "" {
 		cfg.NodeID = DefaultNodeID()
 	}
+	if cfg.HistoryRecoverMax == 0 {
+		cfg.HistoryRecoverMax = defaultRecoverMax
+	}
 	n := &Node{
 		cfg:    cfg,
 		id:     cfg.NodeID,
