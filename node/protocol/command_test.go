@@ -346,3 +346,27 @@ func show(c protocol.Command) shown {
 	}
 	return shown{string(c.ID), c.Cmd, c.Channel, string(c.Data), c.Token, since}
 }
+
+func TestAppendPushAtAndGap(t *testing.T) {
+	tests := []struct{ got, want string }{
+		{string(protocol.AppendPushAt(nil, "news", 42, []byte(`{"a":1}`), false)), `{"channel":"news","offset":42,"data":{"a":1}}`},
+		{string(protocol.AppendPushAt(nil, "news", 1<<64-1, []byte{0xff}, true)), `{"channel":"news","offset":18446744073709551615,"data":"/w==","binary":true}`},
+		{string(protocol.AppendPushAt(nil, "news", 0, []byte(`x`), false)), `{"channel":"news","data":"x"}`},
+		{string(protocol.AppendGap(nil, "chat:1")), `{"gap":{"channel":"chat:1"}}`},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("got %s, want %s", tt.got, tt.want)
+		}
+	}
+	var g protocol.GapPush
+	if err := json.Unmarshal(protocol.AppendGap(nil, "c"), &g); err != nil || g.Gap.Channel != "c" {
+		t.Errorf("AppendGap decodes to %+v, %v", g, err)
+	}
+	// PushSize leaves room for the largest offset.
+	payload := []byte(`{"text":"hi"}`)
+	buf := make([]byte, 0, protocol.PushSize("news", payload, false))
+	if out := protocol.AppendPushAt(buf, "news", 1<<64-1, payload, false); cap(out) != cap(buf) {
+		t.Errorf("AppendPushAt grew a buffer of PushSize %d to %d", cap(buf), cap(out))
+	}
+}
