@@ -53,9 +53,10 @@ type Options struct {
 	// not answered within DialTimeout ends the connection. Zero means 25 s.
 	PingInterval time.Duration
 	// OnEvent, when set, is told of connections, disconnections,
-	// resubscriptions and gaps. It is called on the client's own
-	// goroutine, one event at a time, and must not block or call the
-	// client.
+	// resubscriptions and gaps. It is called on the client's goroutines,
+	// one event at a time (a gap the node announces comes in order with
+	// the channel's messages, from the goroutine that runs handlers), and
+	// must not block or call the client.
 	OnEvent func(Event)
 }
 
@@ -70,9 +71,11 @@ const (
 	// node's close frame, Code -1 when there was none) or an attempt to
 	// open one failed (Err). The next attempt comes after Retry.
 	EventDisconnected
-	// EventGap: Channel was subscribed again after a reconnection, and
-	// messages published to it while the client was away may have been
-	// missed: the app should reload what it shows of the channel.
+	// EventGap: Channel was subscribed again after a reconnection, or
+	// the node announced that messages of it may have been lost (its
+	// Redis link failed: a gap push, docs/PROTOCOL.md); messages
+	// published to it before this event may have been missed: the app
+	// should reload what it shows of the channel.
 	EventGap
 	// EventUnsubscribed: Channel could not be subscribed again after a
 	// reconnection (Err says why, e.g. forbidden); its handler gets no
@@ -204,6 +207,7 @@ type Client struct {
 	wg     sync.WaitGroup
 
 	deliveries chan delivery // from the readers to the handler goroutine
+	emitMu     sync.Mutex    // one OnEvent call at a time
 
 	mu    sync.Mutex
 	sess  *session      // the live connection, nil while there is none
@@ -215,6 +219,7 @@ type Client struct {
 type delivery struct {
 	sub *Subscription
 	msg Message
+	gap *Event // instead of msg: a gap the node announced
 }
 
 // Subscription is a live subscription of a channel.
@@ -532,6 +537,8 @@ func (c *Client) remove(sub *Subscription) {
 }
 
 func (c *Client) emit(e Event) {
+	c.emitMu.Lock()
+	defer c.emitMu.Unlock()
 	if c.opts.OnEvent != nil {
 		c.opts.OnEvent(e)
 	}
@@ -547,7 +554,11 @@ func (c *Client) handle() {
 			c.mu.Lock()
 			live := c.subs[d.sub.channel] == d.sub
 			c.mu.Unlock()
-			if live {
+			switch {
+			case !live:
+			case d.gap != nil:
+				c.emit(*d.gap)
+			default:
 				d.sub.handler(d.msg)
 			}
 		case <-c.ctx.Done():

@@ -319,3 +319,48 @@ func TestTokenRefresh(t *testing.T) {
 		t.Fatalf("closed with %v, want a 4001 close", e.Err)
 	}
 }
+
+// TestGapPush: when the node's Redis is killed and started again, the
+// client stays connected and reports the node's gap push as an EventGap
+// of the channel, after the messages received before it.
+func TestGapPush(t *testing.T) {
+	r := testenv.StartRedis(t)
+	n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_URL="+r.URL(), "RELAY_NODE_ID=a")
+	ctx := t.Context()
+	ev := newEvents()
+	c, err := client.Dial(ctx, "ws://"+n.Addr, &client.Options{OnEvent: ev.on})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan string, 16)
+	if _, err := c.Subscribe(ctx, "news", func(m client.Message) {
+		ev.on(client.Event{Channel: "message " + string(m.Bytes())})
+		got <- string(m.Bytes())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := client.Dial(ctx, "ws://"+n.Addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.Publish(ctx, "news", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	<-got // a client does not get its own messages
+	r.Stop()
+	r.Start()
+	_, i := ev.await(t, 0, func(e client.Event) bool { return e.Channel == "message before" })
+	gap, _ := ev.await(t, i, func(e client.Event) bool { return e.Type == client.EventGap })
+	if gap.Channel != "news" || gap.Node != "a" {
+		t.Errorf("gap event %+v, want channel news on node a", gap)
+	}
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	for _, e := range ev.all {
+		if e.Type == client.EventDisconnected {
+			t.Errorf("event %+v: the connection should have stayed", e)
+		}
+	}
+}

@@ -137,6 +137,9 @@ type serverObject struct {
 	Data    json.RawMessage `json:"data"`
 	Binary  bool            `json:"binary"`
 	Refresh json.RawMessage `json:"refresh"`
+	Gap     *struct {
+		Channel string `json:"channel"`
+	} `json:"gap"`
 }
 
 // read is the session's reader goroutine.
@@ -193,6 +196,11 @@ func (s *session) dispatch(line []byte) bool {
 		s.c.refresh(s)
 		return true
 	}
+	var gap *Event
+	if o.Gap != nil {
+		o.Channel = o.Gap.Channel
+		gap = &Event{Type: EventGap, URL: s.url, Node: s.node, Channel: o.Channel}
+	}
 	if o.Channel == "" {
 		return true // a later version's object: ignored
 	}
@@ -204,7 +212,7 @@ func (s *session) dispatch(line []byte) bool {
 		return true // a push of a channel just unsubscribed
 	}
 	select {
-	case c.deliveries <- delivery{sub, Message{Channel: o.Channel, Data: o.Data, Binary: o.Binary}}:
+	case c.deliveries <- delivery{sub, Message{Channel: o.Channel, Data: o.Data, Binary: o.Binary}, gap}:
 	case <-c.ctx.Done():
 	}
 	return true

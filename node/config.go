@@ -96,6 +96,17 @@ type Config struct {
 	ProtoMaxErrors   int           `envconfig:"PROTO_MAX_ERRORS" default:"10" desc:"protocol mode: this many client errors (bad or refused commands) within RELAY_PROTO_ERROR_WINDOW close the connection with 1008; 0 = never"`
 	ProtoErrorWindow time.Duration `envconfig:"PROTO_ERROR_WINDOW" default:"10s" desc:"protocol mode: the window of RELAY_PROTO_MAX_ERRORS"`
 
+	// HistorySize and HistoryTTL are the history of every channel whose
+	// namespace sets none (docs/PROTOCOL.md, "History and recovery"): the
+	// latest HistorySize messages, kept HistoryTTL after the last publish.
+	// History is on when both are positive.
+	HistorySize int           `envconfig:"HISTORY_SIZE" default:"0" desc:"messages of history each channel keeps, unless its namespace says otherwise; clients recover missed messages from it (0 = no history)"`
+	HistoryTTL  time.Duration `envconfig:"HISTORY_TTL" default:"5m" desc:"how long a channel's history is kept after its last publish (0 = no history)"`
+	// HistoryRecoverMax bounds the messages one recovery delivers: a
+	// subscriber further behind gets recovered false instead of a flood.
+	// Zero means 1000.
+	HistoryRecoverMax int `envconfig:"HISTORY_RECOVER_MAX" default:"1000" desc:"most messages one recovery (subscribe with since, or a node repairing a gap) delivers; further behind, recovered is false"`
+
 	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
 	// a request sends one as Authorization: Bearer <key> or X-API-Key. More
 	// than one lets operators rotate keys. None means the API is off: its
@@ -162,6 +173,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ProtoMaxErrors > 0 && c.ProtoErrorWindow <= 0 {
 		errs = append(errs, fmt.Errorf("RELAY_PROTO_ERROR_WINDOW: %v; want a positive duration such as 10s when RELAY_PROTO_MAX_ERRORS is set", c.ProtoErrorWindow))
+	}
+	if c.HistorySize < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_HISTORY_SIZE: %d; want 0 (no history) or more messages", c.HistorySize))
+	}
+	if c.HistoryTTL < 0 || (c.HistoryTTL > 0 && c.HistoryTTL < time.Millisecond) {
+		errs = append(errs, fmt.Errorf("RELAY_HISTORY_TTL: %v; want 0 (no history) or at least 1ms, such as 5m", c.HistoryTTL))
+	}
+	if c.HistoryRecoverMax < 0 {
+		errs = append(errs, fmt.Errorf("RELAY_HISTORY_RECOVER_MAX: %d; want at least 1", c.HistoryRecoverMax))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

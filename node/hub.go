@@ -29,6 +29,14 @@ type hub struct {
 
 	subscriptions atomic.Int64 // connection and channel pairs
 
+	// history tells which channels keep history; recoverMax bounds a
+	// recovery; repairs are the goroutines recovering gaps (history.go),
+	// bounded by ctx and waited for by the node after its connections.
+	history    func(channel string) (pubsub.Historian, pubsub.HistoryOptions, bool)
+	recoverMax int
+	ctx        context.Context
+	repairs    sync.WaitGroup
+
 	mu       sync.Mutex
 	channels map[string]*hubChannel
 }
@@ -44,6 +52,12 @@ type hubChannel struct {
 	mu    sync.RWMutex
 	subs  []*conn
 	index map[*conn]int // position in subs
+	// recs holds the subscribers catching up on history (history.go):
+	// deliver holds their messages back, then drops duplicates.
+	// Lock order: hubChannel.mu, then recovery.mu, then conn.mu.
+	recs map[*conn]*recovery
+
+	seq channelSeq // the channel's history as seen live (history.go)
 
 	ready chan struct{} // closed once the broker subscription is settled
 	stop  func()        // set before ready closes; nil if err
@@ -55,8 +69,9 @@ func newHub(b pubsub.Broker, nodeID string, latency prometheus.Observer) *hub {
 }
 
 // subscribe adds c to the subscribers of channel and returns once the
-// node's broker subscription of it is live.
-func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
+// node's broker subscription of it is live. With r, c catches up on
+// history first: deliver holds its messages in r until finish.
+func (h *hub) subscribe(ctx context.Context, channel string, c *conn, r *recovery) error {
 	h.mu.Lock()
 	hc := h.channels[channel]
 	first := hc == nil
@@ -64,7 +79,7 @@ func (h *hub) subscribe(ctx context.Context, channel string, c *conn) error {
 		hc = &hubChannel{hub: h, name: channel, ready: make(chan struct{}), index: make(map[*conn]int)}
 		h.channels[channel] = hc
 	}
-	hc.add(c)
+	hc.add(c, r)
 	h.mu.Unlock()
 	h.subscriptions.Add(1)
 
@@ -120,9 +135,15 @@ func (h *hub) channelCount() int {
 	return len(h.channels)
 }
 
-func (hc *hubChannel) add(c *conn) {
+func (hc *hubChannel) add(c *conn, r *recovery) {
 	hc.mu.Lock()
 	defer hc.mu.Unlock()
+	if r != nil {
+		if hc.recs == nil {
+			hc.recs = make(map[*conn]*recovery)
+		}
+		hc.recs[c] = r
+	}
 	hc.index[c] = len(hc.subs)
 	hc.subs = append(hc.subs, c)
 }
@@ -142,6 +163,7 @@ func (hc *hubChannel) remove(c *conn) (removed, empty bool) {
 	hc.subs[last] = nil
 	hc.subs = hc.subs[:last]
 	delete(hc.index, c)
+	delete(hc.recs, c)
 	return true, len(hc.subs) == 0
 }
 
@@ -152,10 +174,19 @@ func (hc *hubChannel) remove(c *conn) (removed, empty bool) {
 // the read lock is released and without blocking; the others, and all of a
 // larger channel's, are left to their flushers' sweeps.
 func (hc *hubChannel) deliver(m pubsub.Message) {
+	if (m.Gap || m.Offset != 0) && !hc.sequence(m) {
+		return
+	}
 	if m.Time != 0 {
 		hc.hub.latency.Observe(time.Duration(time.Now().UnixNano() - m.Time).Seconds())
 	}
 	var in wsout.Inline
+	caught := false // a recovering subscriber caught up: drop its recovery
+	defer func() {
+		if caught {
+			hc.dropCaught()
+		}
+	}()
 	hc.mu.RLock()
 	inline := len(hc.subs) <= wsout.InlineMax
 	fromHere := m.Origin == hc.hub.nodeID
@@ -163,6 +194,13 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 	for _, c := range hc.subs {
 		if fromHere && m.Conn == c.id && !c.echo {
 			continue
+		}
+		if r := hc.recovering(c); r != nil {
+			hold, done := r.take(m, hc.hub.recoverMax)
+			caught = caught || done
+			if hold {
+				continue
+			}
 		}
 		var f *wsout.Frame
 		if c.mode == modeProto {

@@ -34,7 +34,7 @@ func BenchmarkHubBroadcast(b *testing.B) {
 			for i := range conns {
 				conns[i] = &conn{n: nd, id: uint64(i + 1), mode: modeRaw}
 				conns[i].init(nd, nd.flushers[0]) // never opened: never written
-				if err := nd.hub.subscribe(context.Background(), "bench", conns[i]); err != nil {
+				if err := nd.hub.subscribe(context.Background(), "bench", conns[i], nil); err != nil {
 					b.Fatal(err)
 				}
 			}

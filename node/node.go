@@ -75,6 +75,9 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	if cfg.NodeID == "" {
 		cfg.NodeID = DefaultNodeID()
 	}
+	if cfg.HistoryRecoverMax == 0 {
+		cfg.HistoryRecoverMax = defaultRecoverMax
+	}
 	n := &Node{
 		cfg:    cfg,
 		id:     cfg.NodeID,
@@ -92,10 +95,12 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	n.outCfg = wsout.Config{QueueMessages: cfg.QueueMessages, QueueBytes: cfg.QueueBytes, WriteDelay: cfg.WriteDelay,
 		WriteTimeout: cfg.WriteTimeout, PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout}
 	n.flushers = make([]*wsout.Flusher, runtime.GOMAXPROCS(0))
+	n.hub.history, n.hub.recoverMax = n.historyOf, cfg.HistoryRecoverMax
 	for i := range n.flushers {
 		n.flushers[i] = wsout.NewFlusher(cfg.WriteDelay)
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.hub.ctx = n.ctx
 	n.routes()
 	return n, nil
 }
@@ -149,6 +154,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	n.cancel()
+	n.hub.repairs.Wait() // bounded by n.ctx
 	if err == nil {
 		err = <-errc
 	}

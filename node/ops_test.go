@@ -20,6 +20,7 @@ import (
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/internal/wsclient"
 	"github.com/relay-pubsub/relay/node/nodetest"
+	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
@@ -275,9 +276,15 @@ func TestBrokerOutage(t *testing.T) {
 		t.Errorf("after the outage relay_broker_reconnects_total = %v, relay_broker_up = %v; want ≥1 and 1",
 			m["relay_broker_reconnects_total"], m["relay_broker_up"])
 	}
+	// The client connected through the outage may have missed messages:
+	// it is closed with 4005, once the node's subscription is back.
+	if code, _ := nodetest.ReadClose(t, waiting); code != protocol.CloseMessagesLost {
+		t.Errorf("the client connected through the outage closed with %d, want %d", code, protocol.CloseMessagesLost)
+	}
+	waiting = nodetest.Dial(t, s.WS+"/ws/outage", nil)
 	again := nodetest.Dial(t, s.WS+"/ws/outage", nil)
 	nodetest.Write(t, again, "back")
 	if got := nodetest.ReadText(t, waiting); got != "back" {
-		t.Errorf("the client connected through the outage read %q, want back", got)
+		t.Errorf("a client connected after the outage read %q, want back", got)
 	}
 }

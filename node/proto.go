@@ -41,6 +41,8 @@ type protoConn struct {
 	errs   errorWindow         // recent client errors
 	// closing, set by a command, closes the connection after its reply.
 	closing error
+	// replied is set by a command that queued its own reply (history.go).
+	replied bool
 }
 
 // serveProto is protocol mode: GET /ws[?echo=true][&batch=false][&hello=true].
@@ -135,6 +137,10 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 	} else {
 		perr = n.runCommand(c, cmd)
 	}
+	if perr == nil && p.replied {
+		p.replied = false
+		return nil
+	}
 	if perr == nil {
 		if cmd.ID != nil {
 			c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendResult(nil, cmd.ID, result)))
@@ -171,7 +177,10 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 			return &protocol.Error{Code: protocol.CodeLimitExceeded,
 				Message: fmt.Sprintf("at most %d channels per connection", limit)}
 		}
-		if err := n.hub.subscribe(n.ctx, cmd.Channel, c); err != nil {
+		if hist, opts, ok := n.historyOf(cmd.Channel); ok || cmd.Since != nil {
+			return n.subscribeHistory(c, cmd, hist, opts, ok)
+		}
+		if err := n.hub.subscribe(n.ctx, cmd.Channel, c, nil); err != nil {
 			return n.brokerError(c, "subscribe failed", cmd.Channel, err)
 		}
 		p.subs[cmd.Channel] = struct{}{}
@@ -231,7 +240,7 @@ func clientError(code protocol.Code) bool {
 func newPushFrame(channel string, m pubsub.Message) *wsout.Frame {
 	binary := m.Binary || (m.Origin == "" && !utf8.Valid(m.Payload))
 	buf := make([]byte, 0, protocol.PushSize(channel, m.Payload, binary))
-	return wsout.NewFrame(websocket.MessageText, protocol.AppendPush(buf, channel, m.Payload, binary))
+	return wsout.NewFrame(websocket.MessageText, protocol.AppendPushAt(buf, channel, m.Offset, m.Payload, binary))
 }
 
 // joinLines is the writer's join (wsout.JoinFunc) of a protocol-mode

@@ -79,7 +79,7 @@ func protoSubscribers(n int) (*hubChannel, []*conn) {
 		c := &conn{n: nd, id: uint64(i + 1), mode: modeProto, proto: &protoConn{}}
 		c.out.Init(&nd.outCfg, f, c)
 		c.out.SetJoin(joinLines)
-		hc.add(c)
+		hc.add(c, nil)
 		conns = append(conns, c)
 	}
 	return hc, conns

@@ -244,6 +244,9 @@ func TestProtoPublishRedisDown(t *testing.T) {
 		defer cancel()
 		return r.NumSub(t, "relay:x")["relay:x"] == 2 && brokers[0].Ping(ctx) == nil
 	})
+	// Both subscribers are told that messages of x may have been lost.
+	p.expect(`{"gap":{"channel":"x"}}`)
+	s.expect(`{"gap":{"channel":"x"}}`)
 	p.do(`{"id":5,"cmd":"publish","channel":"x","data":"after"}`, `{"id":5,"result":{}}`)
 	// The unacknowledged publish was not delivered; the next push is the
 	// acknowledged one.

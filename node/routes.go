@@ -193,14 +193,24 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
 		return
 	}
+	since, err := rawSince(r)
+	if err != nil && isUpgrade(r) {
+		n.refuse(w, http.StatusBadRequest, protocol.CodeBadRequest, err.Error())
+		return
+	}
 	c := n.connect(w, r, modeRaw, channel)
 	if c == nil {
 		return
 	}
 	c.channel, c.echo = channel, echo
 	// Subscribe before the upgrade: a client that is told 101 receives
-	// everything published from then on.
-	if err := n.hub.subscribe(r.Context(), channel, c); err != nil {
+	// everything published from then on (and, with since, what it missed).
+	if since != nil {
+		if !n.subscribeRawSince(w, c, since) {
+			c.release()
+			return
+		}
+	} else if err := n.hub.subscribe(r.Context(), channel, c, nil); err != nil {
 		c.release()
 		n.log.Warn("subscribe failed", "channel", channel, "err", err)
 		w.Header().Set("Retry-After", "1")
@@ -263,7 +273,12 @@ func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.Message
 func (n *Node) publish(channel string, m pubsub.Message) error {
 	start := time.Now()
 	m.Time = start.UnixNano()
-	err := n.broker.Publish(n.ctx, channel, m)
+	var err error
+	if h, opts, ok := n.historyOf(channel); ok {
+		_, err = h.PublishHistory(n.ctx, channel, m, opts)
+	} else {
+		err = n.broker.Publish(n.ctx, channel, m)
+	}
 	n.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		n.metrics.publishErrors.Inc()

@@ -13,6 +13,12 @@
 // round trips), shard.go a subscriber connection and its ownership and lock
 // order, probe.go the probes that prove a subscriber connection delivers.
 //
+// Channels may keep history ([Historian]): each message then carries an
+// offset in its channel's epoch, and a subscriber that missed messages reads
+// them back. Redis keeps it in a stream per channel, appended to and
+// published by one script (history.go). A lost subscription is reported to
+// each handler as a [Message] with Gap set.
+//
 // Between nodes a message travels as an envelope ([Message.AppendEnvelope],
 // [DecodeEnvelope]); a payload that is not an envelope, such as one sent with
 // a plain redis-cli PUBLISH, is delivered as a text message.

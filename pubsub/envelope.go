@@ -3,6 +3,7 @@ package pubsub
 import (
 	"encoding/binary"
 	"errors"
+	"strconv"
 )
 
 // The envelope is how a Message travels between nodes:
@@ -10,10 +11,17 @@ import (
 //	magic "\xffRLY" | version 1 | flags | time (8 bytes, big endian) |
 //	conn (uvarint) | origin length (1 byte) | origin | payload
 //
+// A message published with history travels with its position before the
+// envelope, put there by the publish script (redis.go):
+//
+//	magic "\xffRLH" | offset length (1 byte) | offset (decimal) |
+//	epoch length (1 byte) | epoch | envelope
+//
 // It starts with 0xff, a byte that never starts valid UTF-8, so no text a
 // client publishes with a plain PUBLISH is mistaken for an envelope.
 const (
 	envelopeMagic   = "\xffRLY"
+	positionMagic   = "\xffRLH"
 	envelopeVersion = 1
 	flagBinary      = 1 << 0
 	// maxOrigin is the longest origin (node ID) an envelope carries.
@@ -46,6 +54,11 @@ func (m Message) AppendEnvelope(b []byte) []byte {
 // such as the payload of a plain PUBLISH, decodes as a text message with no
 // origin and the data as its payload. The returned Payload aliases data.
 func DecodeEnvelope(data []byte) Message {
+	if pos, rest, ok := decodePosition(data); ok {
+		m := DecodeEnvelope(rest)
+		m.Offset, m.Epoch = pos.Offset, pos.Epoch
+		return m
+	}
 	m, err := decodeEnvelope(data)
 	if err != nil {
 		return Message{Payload: data}
@@ -78,4 +91,26 @@ func decodeEnvelope(b []byte) (Message, error) {
 	m.Origin = string(b[:olen])
 	m.Payload = b[olen:]
 	return m, nil
+}
+
+// decodePosition splits off the position prefix of b, if b has a valid one.
+func decodePosition(b []byte) (pos Position, rest []byte, ok bool) {
+	if len(b) < len(positionMagic)+2 || string(b[:len(positionMagic)]) != positionMagic {
+		return pos, nil, false
+	}
+	b = b[len(positionMagic):]
+	n := int(b[0])
+	if n == 0 || len(b) < 1+n+1 {
+		return pos, nil, false
+	}
+	off, err := strconv.ParseUint(string(b[1:1+n]), 10, 64)
+	if err != nil || off == 0 {
+		return pos, nil, false
+	}
+	b = b[1+n:]
+	n = int(b[0])
+	if len(b) < 1+n {
+		return pos, nil, false
+	}
+	return Position{Offset: off, Epoch: string(b[1 : 1+n])}, b[1+n:], true
 }

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"bytes"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -70,6 +71,31 @@ func BenchmarkEnvelope(b *testing.B) {
 		buf = m.AppendEnvelope(buf[:0])
 		if _, err := decodeEnvelope(buf); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// appendPosition appends the position prefix of a message with history, as
+// the publish script writes it.
+func appendPosition(b []byte, pos Position) []byte {
+	off := strconv.FormatUint(pos.Offset, 10)
+	b = append(b, positionMagic...)
+	b = append(b, byte(len(off)))
+	b = append(b, off...)
+	b = append(b, byte(len(pos.Epoch)))
+	return append(b, pos.Epoch...)
+}
+
+func TestPositionRoundTrip(t *testing.T) {
+	m := Message{Origin: "n", Conn: 3, Payload: []byte("hi")}
+	pos := Position{Offset: 1<<64 - 1, Epoch: "e-1"}
+	got := DecodeEnvelope(append(appendPosition(nil, pos), m.AppendEnvelope(nil)...))
+	if got.Offset != pos.Offset || got.Epoch != pos.Epoch || got.Origin != "n" || got.Conn != 3 || string(got.Payload) != "hi" {
+		t.Errorf("DecodeEnvelope(position + envelope) = %+v", got)
+	}
+	for _, in := range []string{"\xffRLH", "\xffRLH\x00", "\xffRLH\x01x\x00", "\xffRLH\x010\x00", "\xffRLH\x011\x05e"} {
+		if got := DecodeEnvelope([]byte(in)); got.Offset != 0 || string(got.Payload) != in {
+			t.Errorf("DecodeEnvelope(%q) = %+v, want a plain text message", in, got)
 		}
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Memory is the embedded broker of a single node: it delivers every message
@@ -13,10 +16,26 @@ import (
 //
 // Publish calls the channel's handlers on the publisher's goroutine, so
 // messages of one publisher arrive in order.
+//
+// It keeps history (Historian) in memory, for a channel as long as its TTL
+// after the last publish; an expired history is dropped at the next access
+// and the channel starts a new epoch.
 type Memory struct {
+	// histMu guards hist and serialises the publishes with history, so
+	// that offsets reach handlers in order. Lock order: histMu, then mu.
+	histMu sync.Mutex
+	hist   map[string]*memHistory
+	epochs atomic.Uint64 // names epochs: unique within the process
+
 	mu       sync.RWMutex
 	closed   bool
 	channels map[string]*memChannel
+}
+
+type memHistory struct {
+	pos     Position
+	msgs    []Message // the latest, oldest first, at most Size
+	expires time.Time
 }
 
 type memChannel struct {
@@ -27,7 +46,77 @@ type memSub struct{ h Handler }
 
 // NewMemory returns an empty in-memory broker.
 func NewMemory() *Memory {
-	return &Memory{channels: make(map[string]*memChannel)}
+	return &Memory{channels: make(map[string]*memChannel), hist: make(map[string]*memHistory)}
+}
+
+// memEpochBase tells the epochs of one process from those of another.
+var memEpochBase = strconv.FormatInt(time.Now().UnixNano(), 36)
+
+// history returns channel's history, started anew when there is none or it
+// expired; histMu is held.
+func (b *Memory) history(channel string, opts HistoryOptions, now time.Time) *memHistory {
+	h := b.hist[channel]
+	if h == nil || now.After(h.expires) {
+		h = &memHistory{
+			pos:     Position{Epoch: memEpochBase + "-" + strconv.FormatUint(b.epochs.Add(1), 36)},
+			expires: now.Add(opts.TTL),
+		}
+		b.hist[channel] = h
+	}
+	return h
+}
+
+// PublishHistory implements Historian: it appends m to the channel's
+// history and delivers it, with its offset, before it returns.
+func (b *Memory) PublishHistory(ctx context.Context, channel string, m Message, opts HistoryOptions) (Position, error) {
+	if err := checkHistory(opts); err != nil {
+		return Position{}, fmt.Errorf("publish %q: %w", channel, err)
+	}
+	b.histMu.Lock()
+	defer b.histMu.Unlock()
+	b.mu.RLock()
+	closed := b.closed
+	b.mu.RUnlock()
+	if closed {
+		return Position{}, ErrClosed
+	}
+	now := time.Now()
+	h := b.history(channel, opts, now)
+	h.pos.Offset++
+	h.expires = now.Add(opts.TTL)
+	m.Offset, m.Epoch = h.pos.Offset, h.pos.Epoch
+	if len(h.msgs) >= opts.Size {
+		h.msgs = slices.Delete(h.msgs, 0, len(h.msgs)-opts.Size+1)
+	}
+	h.msgs = append(h.msgs, m)
+	pos := h.pos
+	return pos, b.Publish(ctx, channel, m)
+}
+
+// History implements Historian.
+func (b *Memory) History(ctx context.Context, channel string, opts HistoryOptions, since uint64, limit int) ([]Message, Position, error) {
+	if err := checkHistory(opts); err != nil {
+		return nil, Position{}, fmt.Errorf("history %q: %w", channel, err)
+	}
+	b.histMu.Lock()
+	defer b.histMu.Unlock()
+	b.mu.RLock()
+	closed := b.closed
+	b.mu.RUnlock()
+	if closed {
+		return nil, Position{}, ErrClosed
+	}
+	h := b.history(channel, opts, time.Now())
+	var msgs []Message
+	for _, m := range h.msgs {
+		if len(msgs) >= limit {
+			break
+		}
+		if m.Offset > since {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, h.pos, nil
 }
 
 // Publish delivers m to every handler of channel before it returns.
@@ -88,11 +177,15 @@ func (b *Memory) Channels() int {
 	return len(b.channels)
 }
 
-// Close stops all delivery; later calls return ErrClosed.
+// Close stops all delivery and drops the history; later calls return
+// ErrClosed.
 func (b *Memory) Close() error {
+	b.histMu.Lock()
+	defer b.histMu.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
 	b.channels = nil
+	b.hist = nil
 	return nil
 }

@@ -23,6 +23,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // maxPipeline is the most publishes one round trip carries.
@@ -32,6 +34,7 @@ type pubReq struct {
 	channel string
 	data    []byte
 	probe   bool
+	hist    *histReq // nil for a plain PUBLISH
 	// err is the answer of Redis, set before done is signalled.
 	err error
 	// lead is set, under pipeline.mu and before done is signalled, when the
@@ -193,10 +196,19 @@ func (p *pipeline) lead(r *pubReq) {
 func (b *Redis) roundTrip(batch []*pubReq) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	pipe := b.client.Pipeline()
+	hist := false
 	for _, r := range batch {
-		pipe.Publish(ctx, r.channel, r.data)
+		if r.hist != nil {
+			hist = true
+			pipe.EvalSha(ctx, publishScript.Hash(), r.hist.keys, r.hist.args(r)...)
+		} else {
+			pipe.Publish(ctx, r.channel, r.data)
+		}
 	}
 	cmds, err := pipe.Exec(ctx)
+	if hist {
+		b.evalUnknown(ctx, batch, cmds)
+	}
 	cancel()
 	var ok, failed uint64
 	var firstErr error
@@ -225,4 +237,36 @@ func (b *Redis) roundTrip(batch []*pubReq) {
 	b.pubMu.Lock()
 	b.pubErr = firstErr
 	b.pubMu.Unlock()
+}
+
+// evalUnknown runs again with EVAL, in one more round trip and in order, the
+// publishes with history that Redis refused with NOSCRIPT (a Redis that
+// restarted, or was flushed with SCRIPT FLUSH, forgot the script), and parses
+// the answers of all of them into their requests.
+func (b *Redis) evalUnknown(ctx context.Context, batch []*pubReq, cmds []redis.Cmder) {
+	var again []int
+	for i, r := range batch {
+		if r.hist == nil || i >= len(cmds) {
+			continue
+		}
+		if err := cmds[i].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		pipe := b.client.Pipeline()
+		for _, i := range again {
+			r := batch[i]
+			cmds[i] = pipe.Eval(ctx, publishSrc, r.hist.keys, r.hist.args(r)...)
+		}
+		pipe.Exec(ctx) // each command carries its own error
+	}
+	for i, r := range batch {
+		if r.hist == nil || i >= len(cmds) || cmds[i].Err() != nil {
+			continue
+		}
+		if err := r.hist.parse(cmds[i].(*redis.Cmd).Val()); err != nil {
+			cmds[i].SetErr(err)
+		}
+	}
 }

@@ -44,18 +44,6 @@ type RedisConfig struct {
 	// {Prefix}__relay_probe:{Instance}:{shard}; it should be unique among
 	// the brokers of one Redis, such as the node ID. Empty means a random ID.
 	Instance string `ignored:"true"`
-	// OnGap, when set, is called after a subscriber connection was replaced
-	// (Redis went away, or a probe did not come back) and the channels it
-	// carried are subscribed again. Messages published to those channels
-	// between the loss and the call may never have been delivered: the
-	// caller can tell the channels' subscribers so, and they can recover
-	// from history. It gets the channels that were live before the loss
-	// (without Prefix), runs on the shard's receive goroutine and must not
-	// block or call into the broker, except Health and Stats. A gap is
-	// reported once, when the new connection is live, however many
-	// connection attempts it took. Stats.Resubscribes counts the gaps, set
-	// or not.
-	OnGap func(channels []string) `ignored:"true"`
 }
 
 // Defaults of RedisConfig's zero durations.
@@ -110,8 +98,12 @@ var errReserved = errors.New("channel name reserved for the broker's probes (" +
 // every ProbeInterval; a shard whose probe is not back within ProbeTimeout is
 // torn down and reconnected the same way, so a connection that stopped
 // delivering without an error does not go unnoticed. A shard that
-// resubscribes reports the gap through Stats.Resubscribes and
-// RedisConfig.OnGap. Health and Stats report the state without touching the
+// resubscribes reports the gap: once its new connection has every
+// subscription confirmed, each handler of every channel that was live
+// before the loss receives a Message with Gap set, however many connection
+// attempts it took; messages published to those channels between the loss
+// and the gap event may never have been delivered. Stats.Resubscribes
+// counts the gaps. Health and Stats report the state without touching the
 // network.
 //
 // Publishing needs no goroutine of the broker: a publisher that finds a
@@ -126,7 +118,8 @@ type Redis struct {
 	client *redis.Client
 	shards []*shard
 	pipes  []*pipeline
-	nonce  string // tells this broker's probes from any other's
+	nonce  string        // tells this broker's probes from any other's
+	epochs atomic.Uint64 // names new epochs of history (history.go)
 
 	// probeBack wakes the prober when a probe came back.
 	probeBack chan struct{}
@@ -157,7 +150,7 @@ type RedisStats struct {
 	Reconnects uint64
 	// Resubscribes counts the times a shard subscribed its channels again
 	// on a new connection: each one is a gap in which messages of those
-	// channels may have been lost (see RedisConfig.OnGap).
+	// channels may have been lost (each handler gets a Message with Gap set).
 	Resubscribes uint64
 	// ProbeFailures counts probes that did not come back in time, could not
 	// be published, or subscriber connections whose subscriptions were not

@@ -197,10 +197,6 @@ func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
 	cfg := probing(redisConfig(r))
 	cfg.URL = p.URL()
 	cfg.Timeout = 20 * time.Second // a Subscribe below waits out a teardown
-	cfg.OnGap = func(channels []string) {
-		// The shard is live again but no probe has proved it yet.
-		gaps <- gap{channels, self.Load().Health()}
-	}
 	var logs lockedBuffer
 	b := newRedisLog(t, cfg, slog.New(slog.NewJSONHandler(&logs, nil)))
 	self.Store(b)
@@ -209,8 +205,16 @@ func TestRedisProbeTearsDownFrozenSubscriber(t *testing.T) {
 	channels := []string{"f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8"}
 	recs := map[string]*pubsubtest.Recorder{}
 	for _, ch := range channels {
-		recs[ch] = pubsubtest.NewRecorder()
-		pubsubtest.Subscribe(t, b, ch, recs[ch].Handle)
+		rec := pubsubtest.NewRecorder()
+		recs[ch] = rec
+		pubsubtest.Subscribe(t, b, ch, func(m pubsub.Message) {
+			if !m.Gap {
+				rec.Handle(m)
+				return
+			}
+			// The shard is live again but no probe has proved it yet.
+			gaps <- gap{[]string{ch}, self.Load().Health()}
+		})
 	}
 	for _, ch := range channels {
 		pubsubtest.Publish(t, pub, ch, "before")
@@ -656,4 +660,40 @@ func TestRedisPublishAbandoned(t *testing.T) {
 		t.Errorf("%d messages delivered before the marker, want at least the %d acknowledged", got, n)
 	}
 	t.Logf("%d of %d publishes acknowledged", acked.Load(), publishers*each)
+}
+
+// TestRedisHistoryFlushed proves that a history Redis lost (FLUSHALL), and
+// a script it forgot (SCRIPT FLUSH), start a new epoch and load the script
+// again, and that a channel's keys share its hash tag.
+func TestRedisHistoryFlushed(t *testing.T) {
+	r := testenv.StartRedis(t)
+	b := newRedis(t, redisConfig(r))
+	opts := pubsub.HistoryOptions{Size: 100, TTL: time.Minute}
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "ns:flush", rec.Handle)
+	old := pubsubtest.PublishHistory(t, b, "ns:flush", "a", opts)
+	pubsubtest.PublishHistory(t, b, "ns:flush", "b", opts)
+	rc := r.Client(t)
+	keys, err := rc.Keys(t.Context(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(keys)
+	if want := []string{"relay:{ns:flush}:h", "relay:{ns:flush}:s"}; !slices.Equal(keys, want) {
+		t.Errorf("keys = %q, want %q", keys, want)
+	}
+	if err := rc.FlushAll(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.ScriptFlush(t.Context()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	pos := pubsubtest.PublishHistory(t, b, "ns:flush", "c", opts)
+	if pos.Offset != 1 || pos.Epoch == old.Epoch {
+		t.Errorf("PublishHistory after FLUSHALL = %+v, want offset 1 in an epoch other than %q", pos, old.Epoch)
+	}
+	got := rec.WaitN(t, 3)
+	if got[2].Offset != 1 || got[2].Epoch != pos.Epoch || string(got[2].Payload) != "c" {
+		t.Errorf("delivered after FLUSHALL: %+v, want c at offset 1 of %q", got[2], pos.Epoch)
+	}
 }

@@ -77,9 +77,12 @@ type shard struct {
 	// owes on this connection for SUBSCRIBE commands already decided.
 	pending map[string]int
 	// resub holds the channels subscribed when ps was opened whose
-	// confirmation has not come yet; gap those that were live before.
+	// confirmation has not come yet; gap those that were live before:
+	// their handlers get the gap event at the channel's confirmation,
+	// before any message the new connection carries for it.
 	resub           map[string]struct{}
-	gap             []string
+	gap             map[string]struct{}
+	gapped          int // channels gapped on this connection
 	probeSubscribed bool
 	live            bool // connected and every subscription confirmed
 	connectedAt     time.Time
@@ -411,7 +414,7 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	clear(sh.dirty)
 	sh.pending = make(map[string]int, len(sh.chans))
 	sh.resub = make(map[string]struct{}, len(sh.chans))
-	sh.gap = sh.gap[:0]
+	sh.gap, sh.gapped = make(map[string]struct{}), 0
 	for ch, rc := range sh.chans {
 		full = append(full, b.cfg.Prefix+ch)
 		sh.sent[ch] = struct{}{}
@@ -420,7 +423,7 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 		if rc.need > 0 {
 			rc.need = 1 // a waiting Subscribe: no gap, this is its first
 		} else {
-			sh.gap = append(sh.gap, ch)
+			sh.gap[ch] = struct{}{}
 		}
 	}
 	sh.ps, sh.state, sh.cause, sh.torn = ps, stateUp, nil, false
@@ -491,31 +494,36 @@ func (sh *shard) receive(ps *redis.PubSub, reconnect, outage bool) (live bool, e
 			if msg.Kind != "subscribe" {
 				continue
 			}
-			if gap, ok := sh.confirm(msg.Channel); ok {
+			gap, gapped, ok := sh.confirm(msg.Channel)
+			if gap != nil {
+				sh.deliver(gap, Message{Gap: true})
+			}
+			if ok {
 				live = true
-				sh.wentLive(gap, reconnect, outage)
+				sh.wentLive(gapped, reconnect, outage)
 			}
 		}
 	}
 }
 
-func (sh *shard) wentLive(gap []string, reconnect, outage bool) {
+func (sh *shard) wentLive(gapped int, reconnect, outage bool) {
 	if outage {
-		sh.b.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", len(gap))
+		sh.b.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", gapped)
 	}
-	if !reconnect || len(gap) == 0 {
+	if !reconnect || gapped == 0 {
 		return
 	}
 	sh.b.stats.resubscribes.Add(1)
-	if sh.b.cfg.OnGap != nil {
-		sh.b.cfg.OnGap(gap)
-	}
+	sh.b.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", gapped)
 }
 
 // confirm counts a subscribe confirmation of the Redis channel full. It
-// returns true, with the channels of the gap, when it was the last the
-// connection was waiting for.
-func (sh *shard) confirm(full string) (gap []string, live bool) {
+// returns the channel's state when its handlers are to get a gap event
+// now: it was live before the connection was replaced, and this is its
+// first confirmation on the new one. It returns live true, with the number
+// of channels gapped, when it was the last confirmation the connection was
+// waiting for.
+func (sh *shard) confirm(full string) (gap *redisChan, gapped int, live bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if full == sh.probeChan {
@@ -525,6 +533,12 @@ func (sh *shard) confirm(full string) (gap []string, live bool) {
 			sh.unpend(channel)
 		}
 		delete(sh.resub, channel)
+		if _, ok := sh.gap[channel]; ok {
+			delete(sh.gap, channel)
+			if gap = sh.chans[channel]; gap != nil {
+				sh.gapped++
+			}
+		}
 		if rc := sh.chans[channel]; rc != nil && rc.need > 0 {
 			if rc.need--; rc.need == 0 {
 				close(rc.ready)
@@ -532,17 +546,11 @@ func (sh *shard) confirm(full string) (gap []string, live bool) {
 		}
 	}
 	if sh.live || !sh.probeSubscribed || len(sh.resub) > 0 {
-		return nil, false
+		return gap, 0, false
 	}
 	sh.live = true
 	sh.setStatus("", nil)
-	for _, ch := range sh.gap {
-		if sh.chans[ch] != nil {
-			gap = append(gap, ch)
-		}
-	}
-	sh.gap = sh.gap[:0]
-	return gap, true
+	return gap, sh.gapped, true
 }
 
 // dispatch calls the handlers of msg's channel, without mu held.
@@ -558,7 +566,11 @@ func (sh *shard) dispatch(msg *redis.Message) {
 	if !live {
 		return
 	}
-	m := DecodeEnvelope([]byte(msg.Payload))
+	sh.deliver(rc, DecodeEnvelope([]byte(msg.Payload)))
+}
+
+// deliver calls the handlers of rc with m, without mu held.
+func (sh *shard) deliver(rc *redisChan, m Message) {
 	rc.dmu.Lock()
 	defer rc.dmu.Unlock()
 	for _, s := range *rc.subs.Load() {

@@ -227,9 +227,6 @@ func serve(stderr io.Writer) int {
 		}
 		rcfg := cfg.RedisConfig
 		rcfg.Instance = cfg.NodeID
-		rcfg.OnGap = func(channels []string) {
-			log.Warn("messages may have been lost while a Redis subscriber connection was down", "channels", len(channels))
-		}
 		rb, err := pubsub.NewRedis(rcfg, log.With("component", "redis"))
 		if err != nil {
 			fmt.Fprintln(stderr, "relay:", oneLine(err))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -21,6 +22,14 @@ type Namespace struct {
 	// ClientPublish lets clients publish (where their token allows); false
 	// keeps publishing to backends, through the HTTP API. Default true.
 	ClientPublish bool
+	// HistorySet says the file gave history_size or history_ttl for the
+	// namespace (or its default); otherwise the node's defaults,
+	// RELAY_HISTORY_SIZE and RELAY_HISTORY_TTL, apply. History is on when
+	// HistorySize (messages) and HistoryTTL (kept after the last publish)
+	// are both positive.
+	HistorySet  bool
+	HistorySize int
+	HistoryTTL  time.Duration
 }
 
 // defaultNamespace is the rule of channels without a namespace and of
@@ -70,8 +79,10 @@ func (ns *Namespaces) AnyAnonymous() bool {
 // namespaceFile is the file's form of a Namespace: absent fields take the
 // default's value.
 type namespaceFile struct {
-	AnonymousSubscribe *bool `yaml:"anonymous_subscribe"`
-	ClientPublish      *bool `yaml:"client_publish"`
+	AnonymousSubscribe *bool          `yaml:"anonymous_subscribe"`
+	ClientPublish      *bool          `yaml:"client_publish"`
+	HistorySize        *int           `yaml:"history_size"`
+	HistoryTTL         *time.Duration `yaml:"history_ttl"`
 }
 
 func (f *namespaceFile) apply(base Namespace) Namespace {
@@ -83,6 +94,12 @@ func (f *namespaceFile) apply(base Namespace) Namespace {
 	}
 	if f.ClientPublish != nil {
 		base.ClientPublish = *f.ClientPublish
+	}
+	if f.HistorySize != nil {
+		base.HistorySet, base.HistorySize = true, *f.HistorySize
+	}
+	if f.HistoryTTL != nil {
+		base.HistorySet, base.HistoryTTL = true, *f.HistoryTTL
 	}
 	return base
 }
@@ -96,6 +113,8 @@ func (f *namespaceFile) apply(base Namespace) Namespace {
 //	  news:
 //	    anonymous_subscribe: true
 //	    client_publish: false
+//	    history_size: 100   # messages; 0 = no history
+//	    history_ttl: 10m
 //
 // Unknown fields are errors, so that a typo does not open a namespace.
 func ReadNamespaces(path string) (*Namespaces, error) {
@@ -118,11 +137,24 @@ func ParseNamespaces(b []byte) (*Namespaces, error) {
 		return nil, err
 	}
 	ns := &Namespaces{def: f.Default.apply(defaultNamespace), set: true, byName: make(map[string]Namespace)}
+	if err := ns.def.checkHistory(); err != nil {
+		return nil, fmt.Errorf("default: %w", err)
+	}
 	for name, n := range f.Namespaces {
 		if name == "" || strings.ContainsAny(name, ":*") || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' }) {
 			return nil, fmt.Errorf("namespace %q: want a name without ':', '*' or spaces", name)
 		}
 		ns.byName[name] = n.apply(ns.def)
+		if err := ns.byName[name].checkHistory(); err != nil {
+			return nil, fmt.Errorf("namespace %q: %w", name, err)
+		}
 	}
 	return ns, nil
+}
+
+func (n Namespace) checkHistory() error {
+	if n.HistorySize < 0 || n.HistoryTTL < 0 || (n.HistoryTTL > 0 && n.HistoryTTL < time.Millisecond) {
+		return fmt.Errorf("history_size %d, history_ttl %v: want 0 (off) or more messages, and 0 (off) or at least 1ms such as 10m", n.HistorySize, n.HistoryTTL)
+	}
+	return nil
 }

@@ -262,8 +262,11 @@ namespaces:
     client_publish: true
   news:
     anonymous_subscribe: true
+  feed:
+    history_size: 100
+    history_ttl: 10m
 `
-	json := `{"default":{"client_publish":false},"namespaces":{"chat":{"client_publish":true},"news":{"anonymous_subscribe":true}}}`
+	json := `{"default":{"client_publish":false},"namespaces":{"chat":{"client_publish":true},"news":{"anonymous_subscribe":true},"feed":{"history_size":100,"history_ttl":"10m"}}}`
 	for name, text := range map[string]string{"yaml": yaml, "json": json} {
 		ns, err := auth.ParseNamespaces([]byte(text))
 		if err != nil {
@@ -274,6 +277,7 @@ namespaces:
 			"other:1": {},
 			"chat:1":  {ClientPublish: true},
 			"news:1":  {AnonymousSubscribe: true},
+			"feed:1":  {HistorySet: true, HistorySize: 100, HistoryTTL: 10 * time.Minute},
 		}
 		for ch, w := range want {
 			if got := ns.For(ch); got != w {
@@ -285,7 +289,8 @@ namespaces:
 	if got := none.For("x:1"); got != (auth.Namespace{ClientPublish: true}) {
 		t.Errorf("default For = %+v", got)
 	}
-	for _, bad := range []string{"namespaces:\n  chat:\n    client_publsh: true\n", "namespaces:\n  'a:b': {}\n", "default: [1]\n"} {
+	for _, bad := range []string{"namespaces:\n  chat:\n    client_publsh: true\n", "namespaces:\n  'a:b': {}\n", "default: [1]\n",
+		"namespaces:\n  feed:\n    history_size: -1\n", "default:\n  history_ttl: -1s\n", "namespaces:\n  feed:\n    history_ttl: 10\n"} {
 		if _, err := auth.ParseNamespaces([]byte(bad)); err == nil {
 			t.Errorf("ParseNamespaces(%q) = nil error", bad)
 		}

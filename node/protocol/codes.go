@@ -26,6 +26,16 @@ const (
 	// CodeNotSubscribed answers an unsubscribe from a channel the
 	// connection is not subscribed to.
 	CodeNotSubscribed Code = "not_subscribed"
+	// CodeNoHistory answers a subscribe with "since" on a channel that
+	// keeps no history.
+	CodeNoHistory Code = "no_history"
+	// CodeBadPosition answers a subscribe whose "since" offset is beyond
+	// the channel's latest in the same epoch: no such message was
+	// published.
+	CodeBadPosition Code = "bad_position"
+	// CodeNotRecovered refuses a raw-mode upgrade with ?since= whose
+	// messages cannot be recovered (protocol mode answers recovered false).
+	CodeNotRecovered Code = "not_recovered"
 )
 
 // Close codes Relay sends, with the standard meanings of RFC 6455 where one
@@ -45,6 +55,12 @@ const (
 	CloseTokenInvalid  = 4002 // connect with a missing or refused token
 	CloseConnectNeeded = 4003 // no token and no connect command in time
 	CloseDisconnected  = 4004 // the backend disconnected the user (POST /api/disconnect)
+
+	// CloseMessagesLost closes a raw-mode connection whose channel lost
+	// messages on the way (the node's Redis link was down) and that the
+	// node could not recover: reconnect, with ?since= on a channel with
+	// history.
+	CloseMessagesLost = 4005
 )
 
 // Error is the body of every error: an HTTP error response, or the "error"

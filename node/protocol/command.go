@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -41,6 +42,49 @@ type Command struct {
 	Data json.RawMessage
 	// Token is the token of connect (optional) and refresh (required).
 	Token string
+	// Since is the position subscribe recovers from (optional); nil when
+	// absent.
+	Since *Since
+}
+
+// Since is where a subscribe with "since" recovers from: the offset of the
+// last message the client received on the channel, and the channel's epoch
+// then, as the subscribe reply and the pushes told it.
+type Since struct {
+	Offset uint64
+	Epoch  string
+}
+
+// maxEpoch is the longest epoch a client may send back.
+const maxEpoch = 64
+
+// parseSince reads the value of "since": {"offset":N,"epoch":"e"}, N an
+// integer from 0 to 2^64-1, e 1 to 64 bytes of [A-Za-z0-9_.:-]. Both
+// decoders use it, so they agree on it by construction.
+func parseSince(raw []byte) (*Since, *Error) {
+	const want = `field "since" must be {"offset":<integer >= 0>,"epoch":"<epoch>"}`
+	var f map[string]json.RawMessage
+	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &f) != nil {
+		return nil, badRequest(want)
+	}
+	off, ok := f["offset"]
+	if !ok {
+		return nil, badRequest(want + `: missing "offset"`)
+	}
+	n, err := strconv.ParseUint(string(off), 10, 64)
+	if err != nil {
+		return nil, badRequest(want + `: "offset" is not an integer from 0 to 18446744073709551615`)
+	}
+	var epoch string
+	if e, ok := f["epoch"]; !ok || len(e) == 0 || e[0] != '"' || json.Unmarshal(e, &epoch) != nil {
+		return nil, badRequest(want + `: "epoch" must be a string`)
+	}
+	if epoch == "" || len(epoch) > maxEpoch || strings.ContainsFunc(epoch, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_.:-", r))
+	}) {
+		return nil, badRequest(want + `: "epoch" is not an epoch Relay gave`)
+	}
+	return &Since{Offset: n, Epoch: epoch}, nil
 }
 
 // DecodeCommand parses and validates one command frame. Fields it does not
@@ -74,7 +118,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if i >= len(b) || b[i] != '{' {
 		return cmd, badRequest("command must be a JSON object")
 	}
-	var id, name, channel, data, token []byte // raw values; nil when absent
+	var id, name, channel, data, token, since []byte // raw values; nil when absent
 	for i++; i < len(b); {
 		i = skipSpace(b, i)
 		if i >= len(b) || b[i] == '}' {
@@ -102,6 +146,8 @@ func DecodeCommand(b []byte) (Command, error) {
 			data = val
 		case "token":
 			token = val
+		case "since":
+			since = val
 		}
 	}
 
@@ -150,6 +196,13 @@ func DecodeCommand(b []byte) (Command, error) {
 	cmd.Channel = stringValue(channel)
 	if err := ValidChannel(cmd.Channel); err != nil {
 		return cmd, &Error{Code: CodeInvalidChannel, Message: err.Error()}
+	}
+	if cmd.Cmd == CmdSubscribe && since != nil {
+		s, err := parseSince(since)
+		if err != nil {
+			return cmd, err
+		}
+		cmd.Since = s
 	}
 	if cmd.Cmd != CmdPublish {
 		return cmd, nil
@@ -245,6 +298,8 @@ func keyName(key []byte) string {
 			return "data"
 		case "token":
 			return "token"
+		case "since":
+			return "since"
 		}
 		return ""
 	}
@@ -346,8 +401,8 @@ func quoteShort(s string) string {
 }
 
 // AppendCommand appends the JSON encoding of cmd, as a client sends it, to
-// dst: the fields id (when set), cmd, channel (when set), data (when set)
-// and token (when set), in that order. ID and Data must be valid JSON.
+// dst: the fields id (when set), cmd, channel (when set), data (when set),
+// token (when set) and since (when set), in that order. ID and Data must be valid JSON.
 func AppendCommand(dst []byte, cmd Command) []byte {
 	dst = append(dst, '{')
 	if cmd.ID != nil {
@@ -368,6 +423,13 @@ func AppendCommand(dst []byte, cmd Command) []byte {
 	if cmd.Token != "" {
 		dst = append(dst, `,"token":`...)
 		dst = AppendString(dst, cmd.Token)
+	}
+	if cmd.Since != nil {
+		dst = append(dst, `,"since":{"offset":`...)
+		dst = strconv.AppendUint(dst, cmd.Since.Offset, 10)
+		dst = append(dst, `,"epoch":`...)
+		dst = AppendString(dst, cmd.Since.Epoch)
+		dst = append(dst, '}')
 	}
 	return append(dst, '}')
 }

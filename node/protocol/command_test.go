@@ -36,6 +36,22 @@ func TestDecodeCommand(t *testing.T) {
 		{`{"cmd":"publish","channel":"n\/x","data":{"a":[{"b":"]}"},"}"]}}`, protocol.Command{Cmd: "publish", Channel: "n/x", Data: raw(`{"a":[{"b":"]}"},"}"]}`)}, ""},
 		{`{"cmd":"publish","data":-1.5e-3,"channel":"n","id":"\"q\""}`, protocol.Command{ID: raw(`"\"q\""`), Cmd: "publish", Channel: "n", Data: raw(`-1.5e-3`)}, ""},
 		{`{"x":{"cmd":"jump"},"cmd":"ping","y":["cmd"]}`, protocol.Command{Cmd: "ping"}, ""},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":18446744073709551615,"epoch":"AB7-x.1:_"}}`,
+			protocol.Command{Cmd: "subscribe", Channel: "n", Since: &protocol.Since{Offset: 1<<64 - 1, Epoch: "AB7-x.1:_"}}, ""},
+		{`{"cmd":"subscribe","channel":"n","since":{"epoch":"e","offset":0,"x":1}}`,
+			protocol.Command{Cmd: "subscribe", Channel: "n", Since: &protocol.Since{Epoch: "e"}}, ""},
+		{`{"cmd":"unsubscribe","channel":"n","since":5}`, protocol.Command{Cmd: "unsubscribe", Channel: "n"}, ""},
+
+		// Bad since: an offset in the wrong format, an epoch Relay never gave.
+		{`{"cmd":"subscribe","channel":"n","since":5}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"epoch":"e"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":-1,"epoch":"e"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":1.5,"epoch":"e"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":"1","epoch":"e"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":18446744073709551616,"epoch":"e"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":1,"epoch":""}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":1,"epoch":"a b"}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
+		{`{"cmd":"subscribe","channel":"n","since":{"offset":1,"epoch":7}}`, protocol.Command{Cmd: "subscribe", Channel: "n"}, protocol.CodeBadRequest},
 
 		// Bad requests: not JSON, not an object, missing or mistyped fields.
 		{`{"id":1,"cmd":`, protocol.Command{}, protocol.CodeBadRequest},
@@ -317,11 +333,40 @@ func FuzzAppendPush(f *testing.F) {
 func raw(s string) json.RawMessage { return json.RawMessage(s) }
 
 func sameCommand(a, b protocol.Command) bool {
-	return bytes.Equal(a.ID, b.ID) && a.Cmd == b.Cmd && a.Channel == b.Channel && bytes.Equal(a.Data, b.Data) && a.Token == b.Token
+	return bytes.Equal(a.ID, b.ID) && a.Cmd == b.Cmd && a.Channel == b.Channel && bytes.Equal(a.Data, b.Data) && a.Token == b.Token &&
+		(a.Since == nil) == (b.Since == nil) && (a.Since == nil || *a.Since == *b.Since)
 }
 
-type shown struct{ ID, Cmd, Channel, Data, Token string }
+type shown struct{ ID, Cmd, Channel, Data, Token, Since string }
 
 func show(c protocol.Command) shown {
-	return shown{string(c.ID), c.Cmd, c.Channel, string(c.Data), c.Token}
+	since := ""
+	if c.Since != nil {
+		since = fmt.Sprint(*c.Since)
+	}
+	return shown{string(c.ID), c.Cmd, c.Channel, string(c.Data), c.Token, since}
+}
+
+func TestAppendPushAtAndGap(t *testing.T) {
+	tests := []struct{ got, want string }{
+		{string(protocol.AppendPushAt(nil, "news", 42, []byte(`{"a":1}`), false)), `{"channel":"news","offset":42,"data":{"a":1}}`},
+		{string(protocol.AppendPushAt(nil, "news", 1<<64-1, []byte{0xff}, true)), `{"channel":"news","offset":18446744073709551615,"data":"/w==","binary":true}`},
+		{string(protocol.AppendPushAt(nil, "news", 0, []byte(`x`), false)), `{"channel":"news","data":"x"}`},
+		{string(protocol.AppendGap(nil, "chat:1")), `{"gap":{"channel":"chat:1"}}`},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("got %s, want %s", tt.got, tt.want)
+		}
+	}
+	var g protocol.GapPush
+	if err := json.Unmarshal(protocol.AppendGap(nil, "c"), &g); err != nil || g.Gap.Channel != "c" {
+		t.Errorf("AppendGap decodes to %+v, %v", g, err)
+	}
+	// PushSize leaves room for the largest offset.
+	payload := []byte(`{"text":"hi"}`)
+	buf := make([]byte, 0, protocol.PushSize("news", payload, false))
+	if out := protocol.AppendPushAt(buf, "news", 1<<64-1, payload, false); cap(out) != cap(buf) {
+		t.Errorf("AppendPushAt grew a buffer of PushSize %d to %d", cap(buf), cap(out))
+	}
 }

@@ -67,6 +67,13 @@ func decodeReference(b []byte) (Command, error) {
 	if err := ValidChannel(cmd.Channel); err != nil {
 		return cmd, &Error{Code: CodeInvalidChannel, Message: err.Error()}
 	}
+	if since, ok := fields["since"]; ok && cmd.Cmd == CmdSubscribe {
+		s, err := parseSince(since)
+		if err != nil {
+			return cmd, err
+		}
+		cmd.Since = s
+	}
 	if cmd.Cmd != CmdPublish {
 		return cmd, nil
 	}

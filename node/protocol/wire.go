@@ -25,6 +25,37 @@ type Push struct {
 	// standard base64 encoding (with padding) of the bytes.
 	Data   json.RawMessage `json:"data"`
 	Binary bool            `json:"binary,omitempty"`
+	// Offset is the message's offset in the channel's history; absent
+	// (0) on a channel without history.
+	Offset uint64 `json:"offset,omitempty"`
+}
+
+// SubscribeResult is the result of subscribe on a channel with history:
+// the channel's position when the subscription went live, and, when the
+// subscribe asked for "since", whether every message after it follows.
+type SubscribeResult struct {
+	Offset uint64 `json:"offset"`
+	Epoch  string `json:"epoch"`
+	// Recovered is present only when the subscribe had "since": true when
+	// the messages after since.offset follow this reply, in order and
+	// before the live ones; false when they cannot (history trimmed or
+	// lost, another epoch, or more than the node's bound).
+	Recovered *bool `json:"recovered,omitempty"`
+}
+
+// GapPush tells a protocol-mode client that messages of a channel may have
+// been lost: {"gap":{"channel":"c"}}.
+type GapPush struct {
+	Gap struct {
+		Channel string `json:"channel"`
+	} `json:"gap"`
+}
+
+// AppendGap appends the gap push of channel to dst.
+func AppendGap(dst []byte, channel string) []byte {
+	dst = append(dst, `{"gap":{"channel":`...)
+	dst = AppendString(dst, channel)
+	return append(dst, "}}"...)
 }
 
 // ConnectResult is the result of connect.
@@ -98,8 +129,18 @@ func AppendError(dst []byte, id json.RawMessage, e *Error) []byte {
 // It is called once per message per node; with a dst of enough capacity
 // it does not allocate.
 func AppendPush(dst []byte, channel string, payload []byte, binary bool) []byte {
+	return AppendPushAt(dst, channel, 0, payload, binary)
+}
+
+// AppendPushAt is AppendPush for a message of a channel with history: an
+// offset above 0 is carried as "offset", after "channel".
+func AppendPushAt(dst []byte, channel string, offset uint64, payload []byte, binary bool) []byte {
 	dst = append(dst, `{"channel":`...)
 	dst = AppendString(dst, channel)
+	if offset > 0 {
+		dst = append(dst, `,"offset":`...)
+		dst = strconv.AppendUint(dst, offset, 10)
+	}
 	dst = append(dst, `,"data":`...)
 	switch {
 	case binary:
@@ -115,10 +156,11 @@ func AppendPush(dst []byte, channel string, payload []byte, binary bool) []byte 
 	return append(dst, '}')
 }
 
-// PushSize is the capacity of a buffer that AppendPush fills without
-// growing, unless a text payload that is not JSON needs escaping.
+// PushSize is the capacity of a buffer that AppendPush or AppendPushAt
+// fills without growing, unless a text payload that is not JSON needs
+// escaping.
 func PushSize(channel string, payload []byte, binary bool) int {
-	n := len(`{"channel":"","data":"","binary":true}`) + len(channel)
+	n := len(`{"channel":"","offset":18446744073709551615,"data":"","binary":true}`) + len(channel)
 	if binary {
 		return n + base64.StdEncoding.EncodedLen(len(payload))
 	}

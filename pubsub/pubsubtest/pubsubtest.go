@@ -38,26 +38,38 @@ func Run(t *testing.T, newBroker func(t *testing.T) pubsub.Broker) {
 		{"Concurrent", testConcurrent},
 		{"ThousandsOfChannels", testThousandsOfChannels},
 		{"Closed", testClosed},
+		{"HistoryOffsets", testHistoryOffsets},
+		{"HistoryFrom", testHistoryFrom},
+		{"HistoryTrimmed", testHistoryTrimmed},
+		{"HistoryEpochChange", testHistoryEpochChange},
+		{"HistoryNewChannel", testHistoryNewChannel},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.f(t, newBroker(t)) })
 	}
 }
 
-// Recorder is a Handler that keeps what it receives and lets a test await it.
+// Recorder is a Handler that keeps what it receives and lets a test await
+// it. It counts gap events apart from messages.
 type Recorder struct {
 	mu     sync.Mutex
 	msgs   []pubsub.Message
+	gaps   int
 	notify chan struct{}
 }
 
 // NewRecorder returns an empty Recorder.
 func NewRecorder() *Recorder { return &Recorder{notify: make(chan struct{}, 1)} }
 
-// Handle records m; it is the Recorder's pubsub.Handler.
+// Handle records m, or counts it when it is a gap event; it is the
+// Recorder's pubsub.Handler.
 func (r *Recorder) Handle(m pubsub.Message) {
 	r.mu.Lock()
-	r.msgs = append(r.msgs, m)
+	if m.Gap {
+		r.gaps++
+	} else {
+		r.msgs = append(r.msgs, m)
+	}
 	r.mu.Unlock()
 	select {
 	case r.notify <- struct{}{}:
@@ -70,6 +82,13 @@ func (r *Recorder) Messages() []pubsub.Message {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]pubsub.Message(nil), r.msgs...)
+}
+
+// Gaps returns how many gap events were received so far.
+func (r *Recorder) Gaps() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gaps
 }
 
 // WaitN waits until at least n messages arrived and returns them; it fails
@@ -327,5 +346,158 @@ func testClosed(t *testing.T, b pubsub.Broker) {
 	}
 	if _, err := b.Subscribe(t.Context(), "closed", func(pubsub.Message) {}); !errors.Is(err, pubsub.ErrClosed) {
 		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+	}
+}
+
+// historian returns b as a Historian, skipping t if it is none.
+func historian(t *testing.T, b pubsub.Broker) pubsub.Historian {
+	h, ok := b.(pubsub.Historian)
+	if !ok {
+		t.Skipf("%T keeps no history", b)
+	}
+	return h
+}
+
+var histOpts = pubsub.HistoryOptions{Size: 1000, TTL: time.Minute}
+
+// PublishHistory publishes a text message with history, failing t on error.
+func PublishHistory(t testing.TB, h pubsub.Historian, channel, payload string, opts pubsub.HistoryOptions) pubsub.Position {
+	t.Helper()
+	pos, err := h.PublishHistory(t.Context(), channel, pubsub.Message{Payload: []byte(payload)}, opts)
+	if err != nil {
+		t.Fatalf("PublishHistory(%q, %q) = %v", channel, payload, err)
+	}
+	return pos
+}
+
+func offsets(msgs []pubsub.Message) []uint64 {
+	o := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		o[i] = m.Offset
+	}
+	return o
+}
+
+func testHistoryOffsets(t *testing.T, b pubsub.Broker) {
+	h := historian(t, b)
+	r := NewRecorder()
+	Subscribe(t, b, "hist:offsets", r.Handle)
+	var epoch string
+	for i := 1; i <= 5; i++ {
+		pos := PublishHistory(t, h, "hist:offsets", strconv.Itoa(i), histOpts)
+		if pos.Offset != uint64(i) || pos.Epoch == "" || (epoch != "" && pos.Epoch != epoch) {
+			t.Fatalf("PublishHistory #%d = %+v, want offset %d in epoch %q", i, pos, i, epoch)
+		}
+		epoch = pos.Epoch
+	}
+	for i, m := range r.WaitN(t, 5) {
+		if m.Offset != uint64(i+1) || m.Epoch != epoch || string(m.Payload) != strconv.Itoa(i+1) {
+			t.Errorf("delivery %d = offset %d epoch %q payload %q, want %d %q %q", i, m.Offset, m.Epoch, m.Payload, i+1, epoch, strconv.Itoa(i+1))
+		}
+	}
+	// A plain publish on another channel carries no position.
+	plain := NewRecorder()
+	Subscribe(t, b, "hist:plain", plain.Handle)
+	Publish(t, b, "hist:plain", "x")
+	if m := plain.WaitN(t, 1)[0]; m.Offset != 0 || m.Epoch != "" {
+		t.Errorf("plain publish delivered with offset %d epoch %q, want none", m.Offset, m.Epoch)
+	}
+}
+
+func testHistoryFrom(t *testing.T, b pubsub.Broker) {
+	h := historian(t, b)
+	var pos pubsub.Position
+	for i := 1; i <= 10; i++ {
+		pos = PublishHistory(t, h, "hist:from", strconv.Itoa(i), histOpts)
+	}
+	tests := []struct {
+		since uint64
+		limit int
+		want  []uint64
+	}{
+		{4, 100, []uint64{5, 6, 7, 8, 9, 10}},
+		{4, 3, []uint64{5, 6, 7}},
+		{0, 2, []uint64{1, 2}},
+		{10, 100, []uint64{}},
+		{0, 0, []uint64{}},
+	}
+	for _, tt := range tests {
+		msgs, got, err := h.History(t.Context(), "hist:from", histOpts, tt.since, tt.limit)
+		if err != nil {
+			t.Fatalf("History(since %d, limit %d) = %v", tt.since, tt.limit, err)
+		}
+		if got != pos {
+			t.Errorf("History(since %d, limit %d) position = %+v, want %+v", tt.since, tt.limit, got, pos)
+		}
+		if fmt.Sprint(offsets(msgs)) != fmt.Sprint(tt.want) {
+			t.Errorf("History(since %d, limit %d) offsets = %v, want %v", tt.since, tt.limit, offsets(msgs), tt.want)
+		}
+		for _, m := range msgs {
+			if string(m.Payload) != strconv.FormatUint(m.Offset, 10) || m.Epoch != pos.Epoch {
+				t.Errorf("History: offset %d has payload %q epoch %q, want %d %q", m.Offset, m.Payload, m.Epoch, m.Offset, pos.Epoch)
+			}
+		}
+	}
+}
+
+func testHistoryTrimmed(t *testing.T, b pubsub.Broker) {
+	h := historian(t, b)
+	// Redis trims approximately, by whole stream nodes of 100 entries.
+	opts := pubsub.HistoryOptions{Size: 10, TTL: time.Minute}
+	const n = 500
+	for i := 1; i <= n; i++ {
+		PublishHistory(t, h, "hist:trim", strconv.Itoa(i), opts)
+	}
+	msgs, pos, err := h.History(t.Context(), "hist:trim", opts, 0, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pos.Offset != n || len(msgs) < opts.Size || len(msgs) >= n {
+		t.Fatalf("History of %d messages kept at size %d: position %d, %d messages; want %d and from %d to %d",
+			n, opts.Size, pos.Offset, len(msgs), n, opts.Size, n-1)
+	}
+	if first := msgs[0].Offset; first == 1 || msgs[len(msgs)-1].Offset != n {
+		t.Errorf("History after trimming runs from %d to %d, want from above 1 to %d", first, msgs[len(msgs)-1].Offset, n)
+	}
+}
+
+func testHistoryEpochChange(t *testing.T, b pubsub.Broker) {
+	h := historian(t, b)
+	opts := pubsub.HistoryOptions{Size: 10, TTL: 50 * time.Millisecond}
+	old := PublishHistory(t, h, "hist:epoch", "a", opts)
+	deadline := time.Now().Add(wait)
+	for {
+		// History does not renew the expiry of a history that exists.
+		_, pos, err := h.History(t.Context(), "hist:epoch", opts, 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pos.Epoch != old.Epoch {
+			if pos.Offset != 0 || pos.Epoch == "" {
+				t.Errorf("History after expiry = %+v, want offset 0 in a new epoch", pos)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("epoch still %q %v after a TTL of %v", old.Epoch, wait, opts.TTL)
+		}
+		time.Sleep(opts.TTL / 5) // expiry is time's doing: no event to await
+	}
+	if pos := PublishHistory(t, h, "hist:epoch", "b", histOpts); pos.Offset != 1 || pos.Epoch == old.Epoch {
+		t.Errorf("PublishHistory after expiry = %+v, want offset 1 in an epoch other than %q", pos, old.Epoch)
+	}
+}
+
+func testHistoryNewChannel(t *testing.T, b pubsub.Broker) {
+	h := historian(t, b)
+	msgs, pos, err := h.History(t.Context(), "hist:new", histOpts, 0, 10)
+	if err != nil || len(msgs) != 0 || pos.Offset != 0 || pos.Epoch == "" {
+		t.Fatalf("History of a new channel = %d messages, %+v, %v; want none at offset 0 of an epoch", len(msgs), pos, err)
+	}
+	if got := PublishHistory(t, h, "hist:new", "first", histOpts); got.Offset != 1 || got.Epoch != pos.Epoch {
+		t.Errorf("first PublishHistory = %+v, want offset 1 in the epoch History started, %q", got, pos.Epoch)
+	}
+	if _, err := h.PublishHistory(t.Context(), "hist:new", pubsub.Message{}, pubsub.HistoryOptions{}); err == nil {
+		t.Error("PublishHistory with zero HistoryOptions succeeded, want an error")
 	}
 }
