@@ -53,15 +53,20 @@ func (m Message) AppendEnvelope(b []byte) []byte {
 // DecodeEnvelope decodes an envelope made by AppendEnvelope. Anything else,
 // such as the payload of a plain PUBLISH, decodes as a text message with no
 // origin and the data as its payload. The returned Payload aliases data.
+//
+// A position prefix (history) is taken once: what follows it decodes as an
+// envelope or a plain payload, never as another position.
 func DecodeEnvelope(data []byte) Message {
-	if pos, rest, ok := decodePosition(data); ok {
-		m := DecodeEnvelope(rest)
-		m.Offset, m.Epoch = pos.Offset, pos.Epoch
-		return m
+	pos, rest, ok := decodePosition(data)
+	if !ok {
+		rest = data
 	}
-	m, err := decodeEnvelope(data)
+	m, err := decodeEnvelope(rest)
 	if err != nil {
-		return Message{Payload: data}
+		m = Message{Payload: rest}
+	}
+	if ok {
+		m.Offset, m.Epoch = pos.Offset, pos.Epoch
 	}
 	return m
 }

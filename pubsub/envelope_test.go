@@ -48,6 +48,16 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add([]byte("\xffRLY\x01"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := DecodeEnvelope(data) // must not panic
+		if pos, rest, ok := decodePosition(data); ok {
+			// A position prefix is taken once; the rest follows the
+			// rules below.
+			if m.Offset != pos.Offset || m.Epoch != pos.Epoch {
+				t.Fatalf("DecodeEnvelope(%q) position %d %q, want %d %q", data, m.Offset, m.Epoch, pos.Offset, pos.Epoch)
+			}
+			data, m.Offset, m.Epoch = rest, 0, ""
+		} else if m.Offset != 0 || m.Epoch != "" {
+			t.Fatalf("DecodeEnvelope(%q) has a position without a prefix", data)
+		}
 		if m.Origin == "" && m.Conn == 0 && !m.Binary && m.Time == 0 && !bytes.Equal(m.Payload, data) {
 			if _, err := decodeEnvelope(data); err != nil {
 				t.Fatalf("plain payload changed: %q -> %q", data, m.Payload)
