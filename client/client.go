@@ -71,12 +71,17 @@ const (
 	// node's close frame, Code -1 when there was none) or an attempt to
 	// open one failed (Err). The next attempt comes after Retry.
 	EventDisconnected
-	// EventGap: Channel was subscribed again after a reconnection, or
-	// the node announced that messages of it may have been lost (its
-	// Redis link failed: a gap push, docs/PROTOCOL.md); messages
-	// published to it before this event may have been missed: the app
-	// should reload what it shows of the channel.
+	// EventGap: messages of Channel may have been missed: it was
+	// subscribed again after a reconnection and could not be recovered
+	// (no history, or the history no longer reaches back), or the node
+	// announced that messages of it may have been lost (its Redis link
+	// failed: a gap push, docs/PROTOCOL.md). The app should reload what
+	// it shows of the channel.
 	EventGap
+	// EventRecovered: Channel was subscribed again after a reconnection
+	// and the node sends every message published to it meanwhile (a
+	// channel with history, within its reach): nothing was missed.
+	EventRecovered
 	// EventUnsubscribed: Channel could not be subscribed again after a
 	// reconnection (Err says why, e.g. forbidden); its handler gets no
 	// more messages.
@@ -95,6 +100,8 @@ func (t EventType) String() string {
 		return "disconnected"
 	case EventGap:
 		return "gap"
+	case EventRecovered:
+		return "recovered"
 	case EventUnsubscribed:
 		return "unsubscribed"
 	case EventClosed:
@@ -122,6 +129,9 @@ type Message struct {
 	// string holding the standard base64 of the bytes.
 	Data   json.RawMessage
 	Binary bool
+	// Offset is the message's offset in the channel's history (1, 2, …);
+	// 0 on a channel without history.
+	Offset uint64
 }
 
 // Bytes returns the message as it was published: the bytes of a binary
@@ -227,6 +237,38 @@ type Subscription struct {
 	c       *Client
 	channel string
 	handler func(Message)
+	pos     position // guarded by c.mu
+}
+
+// position is where a subscription of a channel with history is: the
+// epoch of its last subscribe reply and the offset of the last message
+// received. The zero position is unknown (no history, or lost by a gap).
+type position struct {
+	offset uint64
+	epoch  string
+}
+
+// since is the recovery to ask for when subscribing again, nil for none.
+func (p position) since() *protocol.Since {
+	if p.epoch == "" {
+		return nil
+	}
+	return &protocol.Since{Offset: p.offset, Epoch: p.epoch}
+}
+
+// subscribed records the position of a subscribe reply.
+func (c *Client) subscribed(sub *Subscription, result json.RawMessage) {
+	var r protocol.SubscribeResult
+	if json.Unmarshal(result, &r) != nil || r.Epoch == "" {
+		return // a channel without history
+	}
+	c.mu.Lock()
+	if r.Recovered == nil || !*r.Recovered || sub.pos.epoch != r.Epoch {
+		sub.pos = position{offset: r.Offset, epoch: r.Epoch}
+	}
+	// Recovered: the missed messages follow the reply, and their pushes
+	// move the offset on.
+	c.mu.Unlock()
 }
 
 // Channel is the subscription's channel.
@@ -501,8 +543,10 @@ loop:
 }
 
 // resubscribe subscribes a new connection to the client's channels before
-// it carries anything else. Messages published while the client was away
-// are not replayed: each channel gets a gap event.
+// it carries anything else. A channel with history is recovered from the
+// last message received (EventRecovered); otherwise, or when the history no
+// longer reaches back, messages published while the client was away are
+// lost, and the channel gets an EventGap.
 func (c *Client) resubscribe(s *session) {
 	c.mu.Lock()
 	subs := make([]*Subscription, 0, len(c.subs))
@@ -511,12 +555,19 @@ func (c *Client) resubscribe(s *session) {
 	}
 	c.mu.Unlock()
 	for _, sub := range subs {
+		c.mu.Lock()
+		since := sub.pos.since()
+		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(c.ctx, c.opts.DialTimeout)
-		_, err := s.call(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel})
+		_, result, err := s.callResult(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: since})
 		cancel()
 		var perr *Error
 		switch {
+		case err == nil && recovered(result):
+			c.subscribed(sub, result)
+			c.emit(Event{Type: EventRecovered, URL: s.url, Node: s.node, Channel: sub.channel})
 		case err == nil, errors.As(err, &perr) && perr.Code == protocol.CodeAlreadySubscribed:
+			c.subscribed(sub, result)
 			c.emit(Event{Type: EventGap, URL: s.url, Node: s.node, Channel: sub.channel})
 		case errors.As(err, &perr):
 			c.remove(sub)
@@ -526,6 +577,12 @@ func (c *Client) resubscribe(s *session) {
 			return
 		}
 	}
+}
+
+// recovered reports whether a subscribe result says "recovered":true.
+func recovered(result json.RawMessage) bool {
+	var r protocol.SubscribeResult
+	return json.Unmarshal(result, &r) == nil && r.Recovered != nil && *r.Recovered
 }
 
 func (c *Client) remove(sub *Subscription) {
@@ -618,10 +675,14 @@ func (c *Client) Subscribe(ctx context.Context, channel string, handler func(Mes
 			c.remove(sub)
 			return nil, err
 		}
-		_, err = s.call(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel})
+		var result json.RawMessage
+		_, result, err = s.callResult(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: channel})
 		var perr *Error
 		switch {
-		case err == nil, errors.As(err, &perr) && perr.Code == protocol.CodeAlreadySubscribed:
+		case err == nil:
+			c.subscribed(sub, result)
+			return sub, nil
+		case errors.As(err, &perr) && perr.Code == protocol.CodeAlreadySubscribed:
 			// Already subscribed: the resubscription of a new connection
 			// came first.
 			return sub, nil

@@ -64,15 +64,27 @@ func (e *events) await(t *testing.T, from int, match func(client.Event) bool) (c
 }
 
 // TestReconnect: a subscriber follows its node's SIGKILL and then a drain
-// (SIGTERM) to the next node of its list, subscribes again before anything
-// else, reports a gap for the channel, and receives every message
-// published after its reconnection, in order and once. A publisher on a
-// third node runs throughout.
+// (SIGTERM) to the next node of its list and subscribes again before
+// anything else, while a publisher on a third node runs throughout. With
+// history, it recovers: every acknowledged message arrives, in order and
+// exactly once, across both moves. Without, it reports a gap for the
+// channel and receives every message published after its reconnection, in
+// order and once.
 func TestReconnect(t *testing.T) {
+	for _, history := range []bool{true, false} {
+		t.Run(fmt.Sprintf("history=%v", history), func(t *testing.T) { testReconnect(t, history) })
+	}
+}
+
+func testReconnect(t *testing.T, history bool) {
 	r := testenv.StartRedis(t)
 	var nodes []*testenv.Relay
 	for _, id := range []string{"a", "b", "c"} {
-		nodes = append(nodes, testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_URL="+r.URL(), "RELAY_NODE_ID="+id, "RELAY_DRAIN_SECONDS=1"))
+		env := []string{"RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_URL=" + r.URL(), "RELAY_NODE_ID=" + id, "RELAY_DRAIN_SECONDS=1"}
+		if history {
+			env = append(env, "RELAY_HISTORY_SIZE=100000")
+		}
+		nodes = append(nodes, testenv.StartRelay(t, env...))
 	}
 	url := func(n *testenv.Relay) string { return "ws://" + n.Addr }
 	ctx := t.Context()
@@ -187,7 +199,16 @@ func TestReconnect(t *testing.T) {
 		if step.name == "drain" && e.Code != 1012 {
 			t.Errorf("%s: disconnected with %d %q, want 1012", step.name, e.Code, e.Reason)
 		}
-		_, idx = ev.await(t, idx, func(e client.Event) bool { return e.Type == client.EventGap && e.Channel == "orders" })
+		want := client.EventGap
+		if history {
+			want = client.EventRecovered
+		}
+		e, idx = ev.await(t, idx, func(e client.Event) bool {
+			return (e.Type == client.EventGap || e.Type == client.EventRecovered) && e.Channel == "orders"
+		})
+		if e.Type != want {
+			t.Fatalf("%s: resubscribed with %v, want %v", step.name, e.Type, want)
+		}
 		e, idx = ev.await(t, idx, func(e client.Event) bool { return e.Type == client.EventConnected })
 		if e.Node != step.wantNode {
 			t.Fatalf("%s: reconnected to node %q, want %q", step.name, e.Node, step.wantNode)
@@ -195,7 +216,7 @@ func TestReconnect(t *testing.T) {
 		// Everything acknowledged after the resubscription arrives.
 		from := last()
 		waitAcked(from + 50)
-		expect(from+50, true)
+		expect(from+50, !history)
 	}
 	stopPub()
 	if err := <-pubDone; err != nil {

@@ -31,7 +31,7 @@ type session struct {
 	mu      sync.Mutex
 	ended   bool
 	nextID  uint64
-	pending map[uint64]chan error
+	pending map[uint64]chan reply
 }
 
 // connect opens a connection to u and starts its reader.
@@ -72,7 +72,7 @@ func (c *Client) connect(ctx context.Context, u string) (*session, error) {
 		url:     redact(u),
 		node:    resp.Header.Get("X-Relay-Node"),
 		dead:    make(chan struct{}),
-		pending: make(map[uint64]chan error),
+		pending: make(map[uint64]chan reply),
 	}
 	go s.read()
 	return s, nil
@@ -90,35 +90,47 @@ func redact(raw string) string {
 	return u.String()
 }
 
+// reply is the answer to one command: its result, or an error.
+type reply struct {
+	result json.RawMessage
+	err    error
+}
+
 // call sends cmd and waits for its reply: nil on success, an *Error when
 // the node refused it, errConnLost when the connection ended first. sent
 // reports whether the command may have reached the node.
 func (s *session) call(ctx context.Context, cmd protocol.Command) (sent bool, err error) {
+	sent, _, err = s.callResult(ctx, cmd)
+	return sent, err
+}
+
+// callResult is call that also returns the result of a success.
+func (s *session) callResult(ctx context.Context, cmd protocol.Command) (sent bool, result json.RawMessage, err error) {
 	s.mu.Lock()
 	if s.ended {
 		s.mu.Unlock()
-		return false, errConnLost
+		return false, nil, errConnLost
 	}
 	s.nextID++
 	id := s.nextID
-	reply := make(chan error, 1)
-	s.pending[id] = reply
+	answer := make(chan reply, 1)
+	s.pending[id] = answer
 	s.mu.Unlock()
 
 	cmd.ID = strconv.AppendUint(nil, id, 10)
 	if err := s.ws.Write(ctx, websocket.MessageText, protocol.AppendCommand(nil, cmd)); err != nil {
 		s.forget(id)
 		if ctx.Err() != nil {
-			return true, ctx.Err()
+			return true, nil, ctx.Err()
 		}
-		return true, errConnLost
+		return true, nil, errConnLost
 	}
 	select {
-	case err := <-reply:
-		return true, err
+	case r := <-answer:
+		return true, r.result, r.err
 	case <-ctx.Done():
 		s.forget(id)
-		return true, ctx.Err()
+		return true, nil, ctx.Err()
 	}
 }
 
@@ -136,6 +148,7 @@ type serverObject struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	Binary  bool            `json:"binary"`
+	Offset  uint64          `json:"offset"`
 	Refresh json.RawMessage `json:"refresh"`
 	Gap     *struct {
 		Channel string `json:"channel"`
@@ -159,8 +172,8 @@ func (s *session) read() {
 	}
 	s.mu.Lock()
 	s.ended = true
-	for id, reply := range s.pending {
-		reply <- errConnLost
+	for id, answer := range s.pending {
+		answer <- reply{err: errConnLost}
 		delete(s.pending, id)
 	}
 	s.mu.Unlock()
@@ -180,15 +193,15 @@ func (s *session) dispatch(line []byte) bool {
 			return true // an error reply to no command of ours
 		}
 		s.mu.Lock()
-		reply, ok := s.pending[id]
+		answer, ok := s.pending[id]
 		delete(s.pending, id)
 		s.mu.Unlock()
 		if ok {
-			var rerr error
+			r := reply{result: o.Result}
 			if o.Error != nil {
-				rerr = o.Error
+				r.err = o.Error
 			}
-			reply <- rerr
+			answer <- r
 		}
 		return true
 	}
@@ -207,12 +220,22 @@ func (s *session) dispatch(line []byte) bool {
 	c := s.c
 	c.mu.Lock()
 	sub := c.subs[o.Channel]
+	if sub != nil {
+		switch {
+		case gap != nil:
+			// The epoch may have changed, and pushes do not say to which:
+			// the next connection subscribes without since.
+			sub.pos = position{}
+		case o.Offset != 0 && sub.pos.epoch != "":
+			sub.pos.offset = o.Offset
+		}
+	}
 	c.mu.Unlock()
 	if sub == nil {
 		return true // a push of a channel just unsubscribed
 	}
 	select {
-	case c.deliveries <- delivery{sub, Message{Channel: o.Channel, Data: o.Data, Binary: o.Binary}, gap}:
+	case c.deliveries <- delivery{sub, Message{Channel: o.Channel, Data: o.Data, Binary: o.Binary, Offset: o.Offset}, gap}:
 	case <-c.ctx.Done():
 	}
 	return true

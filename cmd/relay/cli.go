@@ -66,7 +66,7 @@ func clientCommand(name string, args []string, stdin io.Reader, stdout, stderr i
 	var nick string
 	switch name {
 	case "sub":
-		fs.BoolVar(&asJSON, "json", false, `print each message as {"channel":…,"data":…} instead of its text`)
+		fs.BoolVar(&asJSON, "json", false, `print each message as {"channel":…,"data":…,"offset":…} instead of its text`)
 		fs.Usage = func() {
 			fmt.Fprint(stderr, "usage: relay sub [flags] CHANNEL...\n\nPrints every message of the channels, one per line, until interrupted.\n\n")
 			fs.PrintDefaults()
@@ -129,7 +129,9 @@ func clientCommand(name string, args []string, stdin io.Reader, stdout, stderr i
 				notice("disconnected (%d %s); reconnecting in %v", e.Code, e.Reason, e.Retry.Round(1e6))
 			}
 		case client.EventGap:
-			notice("subscribed to %s again; messages published while disconnected were missed", e.Channel)
+			notice("messages of %s may have been missed (no history to recover them from)", e.Channel)
+		case client.EventRecovered:
+			notice("subscribed to %s again; recovered every message published while disconnected", e.Channel)
 		case client.EventUnsubscribed:
 			notice("%s could not be subscribed again: %v", e.Channel, e.Err)
 		}
@@ -197,7 +199,8 @@ func subscribe(ctx context.Context, c *client.Client, channels []string, asJSON 
 					Channel string          `json:"channel"`
 					Data    json.RawMessage `json:"data"`
 					Binary  bool            `json:"binary,omitempty"`
-				}{m.Channel, m.Data, m.Binary})
+					Offset  uint64          `json:"offset,omitempty"`
+				}{m.Channel, m.Data, m.Binary, m.Offset})
 			} else {
 				line = m.Bytes()
 			}
