@@ -161,9 +161,10 @@ var (
 	// ErrClosed is returned by calls on a client that has stopped.
 	ErrClosed = errors.New("relay client closed")
 	// ErrUnknownOutcome is returned by Publish when the connection ended
-	// after the message was sent and before the node answered: the
-	// message may or may not have been published.
-	ErrUnknownOutcome = errors.New("connection lost before the node answered: the publish may or may not have taken effect")
+	// after the message was sent and before the node answered, or when the
+	// node answered unknown_outcome (its broker did not confirm in time):
+	// the message may or may not have been published.
+	ErrUnknownOutcome = errors.New("the publish may or may not have taken effect")
 )
 
 // errConnLost ends the calls of a connection that ended.
@@ -747,11 +748,14 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte) error
 			return err
 		}
 		sent, err := s.call(ctx, protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, Data: value})
-		if errors.Is(err, errConnLost) {
-			if sent {
-				return ErrUnknownOutcome
-			}
+		var perr *Error
+		switch {
+		case errors.Is(err, errConnLost) && sent:
+			return ErrUnknownOutcome
+		case errors.Is(err, errConnLost):
 			continue
+		case errors.As(err, &perr) && perr.Code == protocol.CodeUnknownOutcome:
+			return fmt.Errorf("%w: %w", ErrUnknownOutcome, err)
 		}
 		return err
 	}

@@ -368,6 +368,10 @@ func (a *api) publish(m apiMessage) *apiError {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, pubsub.ErrOutcomeUnknown) {
+		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)
+		return newAPIError(http.StatusGatewayTimeout, protocol.CodeUnknownOutcome, outcomeUnknown)
+	}
 	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
 		// A Redis outage is the broker's to report, not once per request.
 		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)

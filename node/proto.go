@@ -221,6 +221,10 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 // report, not once per command of every client. Anything else is internal
 // and logged as an error.
 func (n *Node) brokerError(c *conn, msg, channel string, err error) *protocol.Error {
+	if errors.Is(err, pubsub.ErrOutcomeUnknown) {
+		n.log.Debug(msg, "conn", c.id, "channel", channel, "err", err)
+		return &protocol.Error{Code: protocol.CodeUnknownOutcome, Message: outcomeUnknown}
+	}
 	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
 		n.log.Debug(msg, "conn", c.id, "channel", channel, "err", err)
 		return &protocol.Error{Code: protocol.CodeUnavailable, Message: "the broker is unavailable, try again later"}
@@ -232,8 +236,11 @@ func (n *Node) brokerError(c *conn, msg, channel string, err error) *protocol.Er
 // clientError reports whether an error with code is the client's doing;
 // those count towards closing the connection.
 func clientError(code protocol.Code) bool {
-	return code != protocol.CodeUnavailable && code != protocol.CodeInternal
+	return code != protocol.CodeUnavailable && code != protocol.CodeInternal && code != protocol.CodeUnknownOutcome
 }
+
+// outcomeUnknown is the message of an unknown_outcome error.
+const outcomeUnknown = "the broker did not confirm the publish in time: it may or may not have been published"
 
 // newPushFrame is the protocol-mode form of m on channel, built once per
 // message per node and shared by its protocol-mode subscribers.

@@ -89,7 +89,7 @@ type publisher struct {
 	channel string
 	acked   sync.Map     // N → true
 	count   atomic.Int64 // acknowledged
-	errs    atomic.Int64 // answered unavailable
+	errs    atomic.Int64 // answered unavailable or unknown_outcome
 	tick    chan struct{}
 }
 
@@ -112,7 +112,9 @@ func (p *publisher) run(ctx context.Context, url string, stop <-chan struct{}) e
 			return false, err
 		}
 		if m.Error != nil {
-			if m.Error.Code != protocol.CodeUnavailable {
+			// The outage's answers: not published, or maybe (then
+			// not acknowledged either: it is not counted).
+			if m.Error.Code != protocol.CodeUnavailable && m.Error.Code != protocol.CodeUnknownOutcome {
 				return false, fmt.Errorf("publish: %v", m.Error)
 			}
 			p.errs.Add(1)

@@ -55,7 +55,9 @@ type Broker interface {
 	// Publish returns once the broker holds m: after it returns nil, m is on
 	// its way to every subscriber. It takes ownership of m.Payload.
 	// It returns an error wrapping ErrUnavailable when the backend cannot
-	// take the message, and ErrClosed after Close.
+	// take the message (m was not published), ErrOutcomeUnknown when m may
+	// or may not have been published (the backend's answer did not come,
+	// or ctx ended while m was on its way), and ErrClosed after Close.
 	Publish(ctx context.Context, channel string, m Message) error
 
 	// Subscribe registers h for the messages of channel and returns once
@@ -130,6 +132,10 @@ var (
 	// ErrUnavailable means the backend (Redis) cannot be reached now; the
 	// same call may succeed later.
 	ErrUnavailable = errors.New("broker unavailable")
+	// ErrOutcomeUnknown means a publish may or may not have taken effect:
+	// it may have reached the backend before the connection failed, or
+	// before the wait for its answer ended. A retry may duplicate it.
+	ErrOutcomeUnknown = errors.New("publish outcome unknown")
 )
 
 // checkHistory reports invalid HistoryOptions.

@@ -104,7 +104,7 @@ func (b *Redis) PublishHistory(ctx context.Context, channel string, m Message, o
 		return Position{}, fmt.Errorf("publish %q: %w", channel, err)
 	}
 	if r.err != nil {
-		return Position{}, fmt.Errorf("publish %q: %w: %w", channel, ErrUnavailable, r.err)
+		return Position{}, fmt.Errorf("publish %q: %w", channel, publishErr(r.err))
 	}
 	return r.hist.pos, nil
 }

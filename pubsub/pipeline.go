@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -84,9 +85,26 @@ func (b *Redis) Publish(ctx context.Context, channel string, m Message) error {
 	err := r.err
 	pubReqPool.Put(r)
 	if err != nil {
-		return fmt.Errorf("publish %q: %w: %w", channel, ErrUnavailable, err)
+		return fmt.Errorf("publish %q: %w", channel, publishErr(err))
 	}
 	return nil
+}
+
+// publishErr wraps the error of a publish's round trip: ErrUnavailable
+// when the publish cannot have taken effect (Redis answered it with an
+// error, or no connection could be had), ErrOutcomeUnknown when it may
+// have (the connection failed or timed out once the command may have gone
+// out).
+func publishErr(err error) error {
+	var rerr redis.Error
+	var op *net.OpError
+	switch {
+	case errors.As(err, &rerr),
+		errors.As(err, &op) && op.Op == "dial",
+		errors.Is(err, redis.ErrPoolTimeout), errors.Is(err, redis.ErrClosed):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 }
 
 // send publishes r and returns nil once Redis answered it, the answer in
@@ -102,11 +120,14 @@ func (b *Redis) send(ctx context.Context, r *pubReq) error {
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		if !p.abandon(r) {
+		if lead, inFlight := p.abandon(r); !lead {
+			if inFlight {
+				return fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+			}
 			return ctx.Err()
 		}
 	case <-b.closing:
-		if !p.abandon(r) {
+		if lead, _ := p.abandon(r); !lead {
 			return ErrClosed
 		}
 	}
@@ -141,21 +162,23 @@ func (b *Redis) enqueue(r *pubReq) (p *pipeline, lead bool) {
 	return p, lead
 }
 
-// abandon takes r, whose publisher stopped waiting, out of the queue. It
-// returns false if r was not there any more: a round trip carries it. It
-// returns true if r was made the leader meanwhile: its publisher must lead
-// all the same, or the queue would wait forever; done is then signalled.
-func (p *pipeline) abandon(r *pubReq) bool {
+// abandon takes r, whose publisher stopped waiting, out of the queue.
+// inFlight reports that r was not there any more: a round trip carries it.
+// lead reports that r was made the leader meanwhile: its publisher must
+// lead all the same, or the queue would wait forever; done is then
+// signalled.
+func (p *pipeline) abandon(r *pubReq) (lead, inFlight bool) {
 	p.mu.Lock()
-	lead := r.lead
-	if i := slices.Index(p.queue, r); i >= 0 && !lead {
+	lead = r.lead
+	i := slices.Index(p.queue, r)
+	if i >= 0 && !lead {
 		p.queue = slices.Delete(p.queue, i, i+1)
 	}
 	p.mu.Unlock()
 	if lead {
 		<-r.done // sent right after lead was set
 	}
-	return lead
+	return lead, i < 0 && !lead
 }
 
 // lead sends one round trip, with r (first in the queue) and the publishes

@@ -299,8 +299,9 @@ func TestFaultRedisBlackHole(t *testing.T) {
 	}
 	// Nothing is lost: the node keeps its subscriber connections through
 	// a hole of this length (no teardown), and what Redis sent meanwhile
-	// arrives once the link is back. Publishes answered unavailable may
-	// still be delivered (RefusedDelivered): the bytes were on their way.
+	// arrives once the link is back. A publish whose answer did not come
+	// in time is answered unknown_outcome (it may be delivered), never
+	// unavailable.
 	x.check(t)
 }
 

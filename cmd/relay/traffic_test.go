@@ -352,6 +352,11 @@ func (x tally) check(t *testing.T) {
 	if x.LostSilently != 0 || x.Dups != 0 || x.Disorder != 0 {
 		t.Errorf("%v; want none lost silently, no duplicates, none out of order", x)
 	}
+	// A publish answered with an error (unavailable) did not take effect;
+	// one that may have is answered unknown_outcome instead.
+	if x.RefusedDelivered != 0 {
+		t.Errorf("%v; want no refused publish delivered", x)
+	}
 	if x.Acked == 0 {
 		t.Errorf("%v; want messages acknowledged", x)
 	}

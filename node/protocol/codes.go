@@ -15,7 +15,11 @@ const (
 	CodeUnknownCommand  Code = "unknown_command"
 	CodeLimitExceeded   Code = "limit_exceeded"
 	CodeUnavailable     Code = "unavailable"
-	CodeInternal        Code = "internal"
+	// CodeUnknownOutcome answers a publish the broker did not confirm in
+	// time after it may have gone out: it may or may not have been
+	// published, and a retry may deliver it twice.
+	CodeUnknownOutcome Code = "unknown_outcome"
+	CodeInternal       Code = "internal"
 )
 
 // The error codes of protocol-mode subscriptions.
