@@ -14,12 +14,14 @@
 
 /** Names the messages between a tab and the shared worker: tabs of another
  * version of this file get a worker of their own. */
-const workerProtocol = 1;
+const workerProtocol = 2;
 
 const defaults = {
   shared: false,
   echo: false,
   /** @type {string[]} */ urls: [],
+  token: '',
+  /** @type {(() => Promise<string>)|null} */ getToken: null,
   minBackoff: 100,
   maxBackoff: 10000,
   pingInterval: 25000,
@@ -42,6 +44,11 @@ const defaults = {
  *   connection; default 25000
  * @property {number} [timeout] ms a connection attempt (with its
  *   resubscriptions) or a ping may take; default 10000
+ * @property {string} [token] a token (docs/AUTH.md), sent in a connect
+ *   command first on each connection, never in the URL
+ * @property {() => Promise<string>} [getToken] fetches a token from the
+ *   app's backend: called for each new connection and when the node asks
+ *   for a refresh; instead of token
  */
 
 /**
@@ -139,7 +146,8 @@ export class Relay extends EventTarget {
     const deliver = (/** @type {Message} */ m) => this.deliver(m);
     /** @type {Conn|PortConn} */
     this.conn = null;
-    if (opts.shared && typeof SharedWorker === 'function') {
+    // getToken is a function of this tab: a worker cannot call it.
+    if (opts.shared && !opts.getToken && typeof SharedWorker === 'function') {
       try {
         this.conn = new PortConn(urls, opts, emit, deliver);
         this.shared = true;
@@ -368,13 +376,14 @@ class Conn {
   }
 
   /**
-   * Subscribes a new connection to every channel (from its position, when
-   * it has one) before anything else, then reports it connected (the
-   * node's hello, its first object, has named it by then).
+   * Sends the token, then subscribes a new connection to every channel (from
+   * its position, when it has one) before anything else, then reports it
+   * connected (the node's hello, its first object, has named it by then).
    * @param {WebSocket} ws
    * @param {number} deadline
    */
   async resubscribe(ws, deadline) {
+    if (!(await this.connect(ws))) return;
     const channels = [...this.channels];
     const calls = channels.map(([channel, sub]) => this.call(ws, subscribeCmd(channel, sub)).then((r) => this.position(sub, r), (err) => ({ err })));
     const ping = this.call(ws, { cmd: 'ping' }).then(() => true, () => false);
@@ -436,6 +445,45 @@ class Conn {
       sub.epoch = epoch;
     }
     return { recovered };
+  }
+
+  /** The token of the options, or a new one from getToken. */
+  async token() {
+    return this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+  }
+
+  /**
+   * Sends the token, when there is one, as the connection's first command.
+   * A refused token stops the client; a failed getToken is retried with
+   * backoff, like a failed handshake. false when ws is done with.
+   * @param {WebSocket} ws
+   */
+  async connect(ws) {
+    if (!this.opts.token && !this.opts.getToken) return true;
+    let token;
+    try {
+      token = await this.token();
+    } catch (err) {
+      this.drop(ws, false, `getToken: ${err}`); // retried with backoff
+      return false;
+    }
+    try {
+      await this.call(ws, { cmd: 'connect', token });
+      return true;
+    } catch (err) {
+      if (err !== lost) this.stop(err);
+      return false;
+    }
+  }
+
+  /** Answers the node's refresh request with a new token; without one the
+   * node closes the connection when the grace ends. @param {WebSocket} ws */
+  async refresh(ws) {
+    try {
+      await this.call(ws, { cmd: 'refresh', token: await this.token() });
+    } catch (err) {
+      if (err !== lost) reportError(err);
+    }
   }
 
   /** @param {WebSocket} ws @param {string} channel @param {Sub} sub */
@@ -557,6 +605,8 @@ class Conn {
         sub.epoch = '';
         sub.offset = 0;
         this.emit({ type: 'gap', url: this.url, node: this.node, channel: o.gap.channel });
+      } else if (o.refresh) {
+        this.refresh(ws);
       } else if (typeof o.node === 'string') {
         this.node = o.node;
       }
@@ -685,8 +735,8 @@ class PortConn {
     addEventListener('pagehide', (e) => {
       if (!e.persisted) this.close();
     });
-    const { minBackoff, maxBackoff, pingInterval, timeout, echo } = opts;
-    this.port.postMessage({ op: 'open', urls, opts: { minBackoff, maxBackoff, pingInterval, timeout }, echo });
+    const { minBackoff, maxBackoff, pingInterval, timeout, token, echo } = opts;
+    this.port.postMessage({ op: 'open', urls, opts: { minBackoff, maxBackoff, pingInterval, timeout, token }, echo });
   }
 
   /** @param {string} op @param {object} fields */
