@@ -298,7 +298,7 @@ func joined(channel string) string {
 	return notice("joined", "joined "+channel)
 }
 
-// notice: a notice of kind (connected, disconnected, gap, joined, error)
+// notice: a notice of kind (connected, disconnected, gap, recovered, joined, error)
 // holding text.
 func notice(kind, text string) string {
 	return `[...document.querySelectorAll('#log li.notice.` + kind + `')].some((li) => li.textContent.includes(` + js(text) + `))`

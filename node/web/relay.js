@@ -14,12 +14,14 @@
 
 /** Names the messages between a tab and the shared worker: tabs of another
  * version of this file get a worker of their own. */
-const workerProtocol = 1;
+const workerProtocol = 2;
 
 const defaults = {
   shared: false,
   echo: false,
   /** @type {string[]} */ urls: [],
+  token: '',
+  /** @type {(() => Promise<string>)|null} */ getToken: null,
   minBackoff: 100,
   maxBackoff: 10000,
   pingInterval: 25000,
@@ -42,6 +44,11 @@ const defaults = {
  *   connection; default 25000
  * @property {number} [timeout] ms a connection attempt (with its
  *   resubscriptions) or a ping may take; default 10000
+ * @property {string} [token] a token (docs/AUTH.md), sent in a connect
+ *   command first on each connection, never in the URL
+ * @property {() => Promise<string>} [getToken] fetches a token from the
+ *   app's backend: called for each new connection and when the node asks
+ *   for a refresh; instead of token
  */
 
 /**
@@ -51,6 +58,8 @@ const defaults = {
  *   number, boolean or null (a raw-mode text frame that is not JSON is a
  *   string); a Uint8Array when binary
  * @property {boolean} binary
+ * @property {number} offset the message's place in the channel's history
+ *   (1, 2, 3, …); 0 when the channel keeps none
  */
 
 /**
@@ -73,7 +82,10 @@ export class RelayError extends Error {
 /**
  * What happened to a client's connection; a Relay dispatches one per event:
  * connected (url, node), disconnected (url, node, code, reason, retry,
- * error), gap (channel), unsubscribed (channel, error), closed (error).
+ * error), gap (channel), recovered (channel), unsubscribed (channel, error),
+ * closed (error). recovered: the channel's messages missed while
+ * disconnected follow, from its history, so that none is lost; gap: some
+ * may be missing.
  */
 export class RelayEvent extends Event {
   /** @param {string} type @param {object} [fields] */
@@ -85,7 +97,7 @@ export class RelayEvent extends Event {
     /** close reason @type {string} */ this.reason = '';
     /** ms until the next attempt @type {number} */ this.retry = 0;
     /** why it failed, or why the client stopped @type {RelayError|null} */ this.error = null;
-    /** the channel of gap and unsubscribed @type {string} */ this.channel = '';
+    /** the channel of gap, recovered and unsubscribed @type {string} */ this.channel = '';
     Object.assign(this, fields);
   }
 }
@@ -108,7 +120,8 @@ const channelPattern = /^[A-Za-z0-9_\-:.@/=]{1,255}$/;
 
 /**
  * A protocol-mode client of Relay that reconnects by itself. Events:
- * connected, disconnected, gap, unsubscribed, closed (RelayEvent).
+ * connected, disconnected, gap, recovered, unsubscribed, closed
+ * (RelayEvent).
  */
 export class Relay extends EventTarget {
   /**
@@ -133,7 +146,8 @@ export class Relay extends EventTarget {
     const deliver = (/** @type {Message} */ m) => this.deliver(m);
     /** @type {Conn|PortConn} */
     this.conn = null;
-    if (opts.shared && typeof SharedWorker === 'function') {
+    // getToken is a function of this tab: a worker cannot call it.
+    if (opts.shared && !opts.getToken && typeof SharedWorker === 'function') {
       try {
         this.conn = new PortConn(urls, opts, emit, deliver);
         this.shared = true;
@@ -152,7 +166,9 @@ export class Relay extends EventTarget {
   /**
    * Subscribes to channel. Resolves once the subscription is live: every
    * message published afterwards reaches handler, in order, across
-   * reconnections (with a gap event after each). While the client is
+   * reconnections: on a channel with history the missed messages follow
+   * and a recovered event says so; otherwise a gap event says some may be
+   * missing. While the client is
    * reconnecting, it waits for the next connection.
    * @param {string} channel
    * @param {(m: Message) => void} handler
@@ -242,6 +258,22 @@ export class Relay extends EventTarget {
   }
 }
 
+/**
+ * A subscribed channel of a Conn.
+ * @typedef {object} Sub
+ * @property {boolean} live subscribed on a connection
+ * @property {{resolve: Function, reject: Function}[]} waiters subscribe calls
+ * @property {string} epoch of the last subscribe reply; '' without history
+ * @property {number} offset of the last message handled
+ */
+
+/** The subscribe command of channel: with since when it has a position.
+ * @param {string} channel @param {Sub} sub */
+function subscribeCmd(channel, sub) {
+  if (!sub.epoch) return { cmd: 'subscribe', channel };
+  return { cmd: 'subscribe', channel, since: { offset: sub.offset, epoch: sub.epoch } };
+}
+
 /** @param {string} channel */
 function checkChannel(channel) {
   if (typeof channel !== 'string' || !channelPattern.test(channel) || channel.startsWith('__relay')) {
@@ -295,8 +327,10 @@ class Conn {
     this.opts = opts;
     this.emit = emit;
     this.deliver = deliver;
-    /** channel -> live: subscribed on a connection; waiters: subscribe calls
-     * @type {Map<string, {live: boolean, waiters: {resolve: Function, reject: Function}[]}>} */
+    /** channel -> live: subscribed on a connection; waiters: subscribe
+     * calls; epoch and offset: the position of the last message handled
+     * (epoch '' when the channel keeps no history or it was lost)
+     * @type {Map<string, Sub>} */
     this.channels = new Map();
     /** replies awaited, by command id @type {Map<number, {resolve: Function, reject: Function}>} */
     this.pending = new Map();
@@ -342,15 +376,16 @@ class Conn {
   }
 
   /**
-   * Subscribes a new connection to every channel before anything else, then
-   * reports it connected (the node's hello, its first object, has named it
-   * by then).
+   * Sends the token, then subscribes a new connection to every channel (from
+   * its position, when it has one) before anything else, then reports it
+   * connected (the node's hello, its first object, has named it by then).
    * @param {WebSocket} ws
    * @param {number} deadline
    */
   async resubscribe(ws, deadline) {
+    if (!(await this.connect(ws))) return;
     const channels = [...this.channels];
-    const calls = channels.map(([channel]) => this.call(ws, { cmd: 'subscribe', channel }).then(() => null, (err) => err));
+    const calls = channels.map(([channel, sub]) => this.call(ws, subscribeCmd(channel, sub)).then((r) => this.position(sub, r), (err) => ({ err })));
     const ping = this.call(ws, { cmd: 'ping' }).then(() => true, () => false);
     const results = await Promise.all(calls);
     if (!(await ping) || this.ws !== ws) return; // ended: ended() reports it
@@ -370,11 +405,11 @@ class Conn {
    * Records the outcome of a subscribe command.
    * @param {WebSocket} ws
    * @param {string} channel
-   * @param {{live: boolean, waiters: {resolve: Function, reject: Function}[]}} sub
-   * @param {any} err null on success
+   * @param {Sub} sub
+   * @param {{err?: any, recovered?: boolean}} outcome
    * @param {boolean} again a resubscription
    */
-  settle(ws, channel, sub, err, again) {
+  settle(ws, channel, sub, { err = null, recovered = false }, again) {
     if (err === lost) return; // the next connection subscribes it
     const ok = !err || err.code === 'already_subscribed';
     if (this.channels.get(channel) !== sub) {
@@ -383,7 +418,7 @@ class Conn {
       return;
     }
     if (ok) {
-      if (again && sub.live) this.emit({ type: 'gap', url: this.url, node: this.node, channel });
+      if (again && sub.live) this.emit({ type: recovered ? 'recovered' : 'gap', url: this.url, node: this.node, channel });
       sub.live = true;
       for (const w of sub.waiters.splice(0)) w.resolve();
       return;
@@ -393,18 +428,77 @@ class Conn {
     if (sub.live) this.emit({ type: 'unsubscribed', url: this.url, node: this.node, channel, error: plain(err) });
   }
 
-  /** @param {WebSocket} ws @param {string} channel @param {any} sub */
+  /**
+   * Takes the channel's position from a subscribe reply. When recovered,
+   * the missed messages follow the reply and move the offset themselves.
+   * @param {Sub} sub
+   * @param {any} result {offset, epoch, recovered} on a channel with history
+   * @returns {{recovered: boolean}}
+   */
+  position(sub, result) {
+    const recovered = result?.recovered === true;
+    if (!recovered) {
+      const epoch = typeof result?.epoch === 'string' ? result.epoch : '';
+      const offset = typeof result?.offset === 'number' ? result.offset : 0;
+      // A push can come before the reply: keep the later of the two.
+      sub.offset = sub.epoch === epoch || sub.epoch === '' ? Math.max(sub.offset, offset) : offset;
+      sub.epoch = epoch;
+    }
+    return { recovered };
+  }
+
+  /** The token of the options, or a new one from getToken. */
+  async token() {
+    return this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+  }
+
+  /**
+   * Sends the token, when there is one, as the connection's first command.
+   * A refused token stops the client; a failed getToken is retried with
+   * backoff, like a failed handshake. false when ws is done with.
+   * @param {WebSocket} ws
+   */
+  async connect(ws) {
+    if (!this.opts.token && !this.opts.getToken) return true;
+    let token;
+    try {
+      token = await this.token();
+    } catch (err) {
+      this.drop(ws, false, `getToken: ${err}`); // retried with backoff
+      return false;
+    }
+    try {
+      await this.call(ws, { cmd: 'connect', token });
+      return true;
+    } catch (err) {
+      if (err !== lost) this.stop(err);
+      return false;
+    }
+  }
+
+  /** Answers the node's refresh request with a new token; without one the
+   * node closes the connection when the grace ends. @param {WebSocket} ws */
+  async refresh(ws) {
+    try {
+      await this.call(ws, { cmd: 'refresh', token: await this.token() });
+    } catch (err) {
+      if (err !== lost) reportError(err);
+    }
+  }
+
+  /** @param {WebSocket} ws @param {string} channel @param {Sub} sub */
   subscribeOn(ws, channel, sub) {
-    this.call(ws, { cmd: 'subscribe', channel }).then(
-      () => this.settle(ws, channel, sub, null, false),
-      (err) => this.settle(ws, channel, sub, err, false),
+    this.call(ws, subscribeCmd(channel, sub)).then(
+      (r) => this.settle(ws, channel, sub, this.position(sub, r), false),
+      (err) => this.settle(ws, channel, sub, { err }, false),
     );
   }
 
   /** @param {string} channel @returns {Promise<void>} */
   subscribe(channel) {
     if (this.stopped) return Promise.reject(this.stopped);
-    const sub = { live: false, waiters: [] };
+    /** @type {Sub} */
+    const sub = { live: false, waiters: [], epoch: '', offset: 0 };
     this.channels.set(channel, sub);
     const p = new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
     if (this.ready) this.subscribeOn(this.ws, channel, sub);
@@ -497,9 +591,22 @@ class Conn {
         if (o.error) call.reject(new RelayError(o.error.code, o.error.message));
         else call.resolve(o.result);
       } else if (typeof o.channel === 'string') {
-        if (!this.channels.has(o.channel)) continue; // just unsubscribed
+        const sub = this.channels.get(o.channel);
+        if (!sub) continue; // just unsubscribed
         const binary = o.binary === true;
-        this.deliver({ channel: o.channel, data: binary ? Uint8Array.from(atob(o.data), (c) => c.charCodeAt(0)) : o.data, binary });
+        const offset = typeof o.offset === 'number' ? o.offset : 0;
+        if (offset) sub.offset = offset;
+        this.deliver({ channel: o.channel, data: binary ? Uint8Array.from(atob(o.data), (c) => c.charCodeAt(0)) : o.data, binary, offset });
+      } else if (o.gap && typeof o.gap.channel === 'string') {
+        const sub = this.channels.get(o.gap.channel);
+        if (!sub) continue;
+        // Messages may be missing, or the epoch changed: the position is
+        // worthless until the next subscribe reply.
+        sub.epoch = '';
+        sub.offset = 0;
+        this.emit({ type: 'gap', url: this.url, node: this.node, channel: o.gap.channel });
+      } else if (o.refresh) {
+        this.refresh(ws);
       } else if (typeof o.node === 'string') {
         this.node = o.node;
       }
@@ -628,8 +735,8 @@ class PortConn {
     addEventListener('pagehide', (e) => {
       if (!e.persisted) this.close();
     });
-    const { minBackoff, maxBackoff, pingInterval, timeout, echo } = opts;
-    this.port.postMessage({ op: 'open', urls, opts: { minBackoff, maxBackoff, pingInterval, timeout }, echo });
+    const { minBackoff, maxBackoff, pingInterval, timeout, token, echo } = opts;
+    this.port.postMessage({ op: 'open', urls, opts: { minBackoff, maxBackoff, pingInterval, timeout, token }, echo });
   }
 
   /** @param {string} op @param {object} fields */
@@ -695,7 +802,7 @@ if (typeof SharedWorkerGlobalScope === 'function' && globalThis instanceof Share
   const onEvent = (e) => {
     if (e.type === 'connected') connected = e;
     if (e.type === 'disconnected' || e.type === 'closed') connected = null;
-    if (e.type === 'gap' || e.type === 'unsubscribed') {
+    if (e.type === 'gap' || e.type === 'recovered' || e.type === 'unsubscribed') {
       const ch = channels.get(e.channel);
       if (!ch) return;
       if (e.type === 'unsubscribed') channels.delete(e.channel);
@@ -785,7 +892,7 @@ if (typeof SharedWorkerGlobalScope === 'function' && globalThis instanceof Share
         case 'publish':
           await conn.publish(m.channel, m.data);
           // As the node would push it: the JSON value.
-          deliver({ channel: m.channel, data: JSON.parse(JSON.stringify(m.data)), binary: false }, port);
+          deliver({ channel: m.channel, data: JSON.parse(JSON.stringify(m.data)), binary: false, offset: 0 }, port);
           break;
       }
       post(port, { op: 'reply', id: m.id });
