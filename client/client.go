@@ -561,8 +561,14 @@ func (c *Client) resubscribe(s *session) {
 		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(c.ctx, c.opts.DialTimeout)
 		_, result, err := s.callResult(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel, Since: since})
-		cancel()
 		var perr *Error
+		if since != nil && errors.As(err, &perr) && (perr.Code == protocol.CodeNoHistory || perr.Code == protocol.CodeBadPosition) {
+			// The channel lost its history (a node configured without it,
+			// or a Redis that lost its data): subscribe without since,
+			// and report a gap.
+			_, result, err = s.callResult(ctx, protocol.Command{Cmd: protocol.CmdSubscribe, Channel: sub.channel})
+		}
+		cancel()
 		switch {
 		case err == nil && recovered(result):
 			c.subscribed(sub, result)
