@@ -375,6 +375,19 @@ func (tr *traffic) steady() []*subscriber {
 	return out
 }
 
+// crossTraffic is the traffic most fault tests run through nodes a and b:
+// a subscriber on each, and a publisher on each sending to the other's
+// subscriber too. It is not started.
+func crossTraffic(t *testing.T, channel string, limit int, a, b *testenv.Relay) *traffic {
+	t.Helper()
+	tr := newTraffic(t, channel, limit)
+	tr.subscribe("sub on a", a.Addr)
+	tr.subscribe("sub on b", b.Addr)
+	tr.publish(b.Addr)
+	tr.publish(a.Addr)
+	return tr
+}
+
 // relayEnv is the environment of a node of a fault test on a free
 // loopback port.
 func relayEnv(redisURL, id string, more ...string) []string {
