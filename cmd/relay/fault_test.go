@@ -209,7 +209,7 @@ func TestFaultConnectionLoop(t *testing.T) {
 	tr := crossTraffic(t, "fault-loop", 40000, a, b)
 	tr.start()
 	tr.awaitReceived(20)
-	fds0, gr0 := openFDs(t, a.PID()), gauge(t, a, "go_goroutines")
+	fds0, gr0 := gauge(t, a, "process_open_fds"), gauge(t, a, "go_goroutines")
 	const loops = 600
 	paths := []string{"/ws/fault-loop", "/ws", "/echo", "/ws/other"}
 	for i := range loops {
@@ -235,13 +235,12 @@ func TestFaultConnectionLoop(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	const slack = 4
-	var fds int
-	var gr float64
+	var fds, gr float64
 	testenv.WaitFor(t, 30*time.Second, "fds and goroutines back to their baseline", func() bool {
-		fds, gr = openFDs(t, a.PID()), gauge(t, a, "go_goroutines")
+		fds, gr = gauge(t, a, "process_open_fds"), gauge(t, a, "go_goroutines")
 		return fds <= fds0+slack && gr <= gr0+slack
 	})
-	t.Logf("connection loop: %d connections: fds %d → %d, goroutines %v → %v", loops, fds0, fds, gr0, gr)
+	t.Logf("connection loop: %d connections: fds %v → %v, goroutines %v → %v", loops, fds0, fds, gr0, gr)
 	tr.awaitReceived(20)
 	x := tr.finish()
 	t.Logf("connection loop: %v", x)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -392,20 +390,6 @@ func crossTraffic(t *testing.T, channel string, limit int, a, b *testenv.Relay) 
 // loopback port.
 func relayEnv(redisURL, id string, more ...string) []string {
 	return append([]string{"RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_URL=" + redisURL, "RELAY_NODE_ID=" + id, "RELAY_DRAIN_SECONDS=0"}, more...)
-}
-
-// openFDs counts the file descriptors of process pid; it skips t where
-// there is no Linux /proc.
-func openFDs(t *testing.T, pid int) int {
-	t.Helper()
-	if runtime.GOOS != "linux" {
-		t.Skip("counting a process's file descriptors needs Linux /proc")
-	}
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatalf("count fds: %v", err)
-	}
-	return len(ents)
 }
 
 // gauge scrapes one sample of a node's /metrics.
