@@ -187,7 +187,7 @@ func (c *Config) validateProxy() []error {
 			errs = append(errs, fmt.Errorf("%s: want an http:// or https:// URL", u.name))
 		}
 	}
-	if c.ProxyTimeout <= 0 {
+	if c.ProxyTimeout <= 0 && (c.ProxyConnectURL != "" || c.ProxySubscribeURL != "" || c.ProxyPublishURL != "") {
 		errs = append(errs, fmt.Errorf("RELAY_PROXY_TIMEOUT: %v; want a positive duration such as 1s", c.ProxyTimeout))
 	}
 	for _, h := range c.ProxyHeaders {
