@@ -204,8 +204,9 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		if perr != nil {
 			return perr
 		}
-		// cmd.Data aliases the frame ws.Read returned, a fresh buffer that
-		// nothing else uses: the broker may own it.
+		// data aliases the frame ws.Read returned, a fresh buffer that
+		// nothing else uses, or is the backend proxy's replacement: the
+		// broker may own it.
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,

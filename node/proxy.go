@@ -546,7 +546,7 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// request is the body of c's proxy calls about channel.
+// proxyRequest is the body of c's proxy calls about channel.
 func (c *conn) proxyRequest(channel string) proxyRequest {
 	return proxyRequest{Client: c.clientID(), Mode: c.mode, User: c.sess.id.User, Channel: channel}
 }

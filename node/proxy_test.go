@@ -2,8 +2,10 @@ package node_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -448,6 +450,31 @@ func TestProxyPublish(t *testing.T) {
 	}
 }
 
+// TestProxyExpiry: a connection the connect proxy let in with expire_at
+// is closed with 4001 then, in protocol mode too: it has no token to
+// refresh, so no refresh request comes first.
+func TestProxyExpiry(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request, c backendCall) {
+		answerJSON(w, fmt.Sprintf(`{"result":{"user":"alice","channels":["chat:*"],"expire_at":%d}}`, time.Now().Add(time.Second).Unix()+1))
+	})
+	s := startProxied(t, b, "connect", nil)
+	raw := nodetest.Dial(t, s.WS+"/ws/chat:1", nil)
+	p := dialProtoWith(t, s.WS+"/ws", nil)
+	p.send(`{"id":1,"cmd":"connect"}`)
+	if r := p.reply(); r.Error != nil || !strings.Contains(string(r.Result), `"expires":`) {
+		t.Fatalf("connect reply %+v (%s), want an expiry", r, r.Result)
+	}
+	expectClose(t, raw, protocol.CloseTokenExpired)
+	// The next thing the protocol-mode client gets is the close, not a
+	// refresh request.
+	ctx, cancel := context.WithTimeout(context.Background(), nodetest.Timeout)
+	defer cancel()
+	_, msg, err := p.ws.Read(ctx)
+	if websocket.CloseStatus(err) != protocol.CloseTokenExpired {
+		t.Fatalf("protocol mode read %q, %v; want the close 4001", msg, err)
+	}
+}
+
 // TestProxyOrigins: with cookies forwarded, a page of another site is
 // refused before any call, so that it cannot use a visitor's cookies;
 // the node's own pages and RELAY_ORIGINS are let in.
@@ -487,7 +514,10 @@ func TestProxyConfig(t *testing.T) {
 		{"own header", func(c *node.Config) { c.ProxyHeaders = []string{"Host"} }, "RELAY_PROXY_HEADERS: Host"},
 		{"bad header", func(c *node.Config) { c.ProxyHeaders = []string{"X Y"} }, "RELAY_PROXY_HEADERS"},
 		{"bad cookie", func(c *node.Config) { c.ProxyCookies = []string{"a;b"} }, "RELAY_PROXY_COOKIES"},
-		{"cookies any origin", func(c *node.Config) { c.ProxyCookies = []string{"session"}; c.Origins = []string{"app.example.com", "*"} }, "RELAY_PROXY_COOKIES with RELAY_ORIGINS=*"},
+		{"cookies any origin", func(c *node.Config) {
+			c.ProxyCookies = []string{"session"}
+			c.Origins = []string{"app.example.com", "*"}
+		}, "RELAY_PROXY_COOKIES with RELAY_ORIGINS=*"},
 		{"cookies any scheme origin", func(c *node.Config) { c.ProxyCookies = []string{"*"}; c.Origins = []string{"*://*"} }, "cross-site WebSocket hijacking"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
