@@ -583,3 +583,33 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// BenchmarkProxyConnect: the cost of a raw-mode connection (dial,
+// upgrade, close) without the proxy and with a connect call to a backend
+// on loopback that allows at once.
+func BenchmarkProxyConnect(b *testing.B) {
+	backendSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		answerJSON(w, aliceAllowed)
+	}))
+	defer backendSrv.Close()
+	for _, bc := range []struct {
+		name string
+		url  string
+	}{{"off", ""}, {"connect", backendSrv.URL + "/connect"}} {
+		b.Run(bc.name, func(b *testing.B) {
+			cfg := nodetest.Config()
+			cfg.ProxyConnectURL = bc.url
+			s := nodetest.Start(b, cfg, pubsub.NewMemory())
+			ctx := context.Background()
+			b.ResetTimer()
+			for range b.N {
+				ws, _, err := websocket.Dial(ctx, s.WS+"/ws/chat:1", nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ws.CloseNow()
+			}
+		})
+	}
+}
