@@ -19,6 +19,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/node/protocol"
@@ -448,6 +449,31 @@ func TestProxyPublish(t *testing.T) {
 	if code, reason := nodetest.ReadClose(t, quiet); code != protocol.ClosePolicyViolation || reason != "publish refused: muted: you are muted" {
 		t.Fatalf("closed with %d %q, want 1008 with the backend's refusal", code, reason)
 	}
+}
+
+// TestProxyOncePerEvent: with two nodes on Redis, a subscribe is asked by
+// the subscriber's node and a publish by the publisher's, once each; the
+// node that delivers the message across asks nothing.
+func TestProxyOncePerEvent(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request, c backendCall) { answerJSON(w, `{"result":{}}`) })
+	nodes := nodetest.ClusterWith(t, testenv.StartRedis(t).URL(), 2, nodetest.Options{Config: func(cfg *node.Config) {
+		cfg.ProxySubscribeURL = b.URL + "/subscribe"
+		cfg.ProxyPublishURL = b.URL + "/publish"
+	}})
+	sub := dialProtoWith(t, nodes[1].WS+"/ws", nil)
+	sub.subscribe(1, "chat:1")
+	if c := b.next(t); c.event != "subscribe" || !strings.HasPrefix(c.req["client"].(string), "node-2/") {
+		t.Fatalf("backend got %s from %v, want node 2's subscribe", c.event, c.req["client"])
+	}
+	pub := dialProtoWith(t, nodes[0].WS+"/ws", nil)
+	pub.do(`{"id":1,"cmd":"publish","channel":"chat:1","data":1}`, `{"id":1,"result":{}}`)
+	if c := b.next(t); c.event != "publish" || !strings.HasPrefix(c.req["client"].(string), "node-1/") {
+		t.Fatalf("backend got %s from %v, want node 1's publish", c.event, c.req["client"])
+	}
+	if m := sub.push(); string(m.Data) != "1" {
+		t.Fatalf("push %+v", m)
+	}
+	b.none(t)
 }
 
 // TestProxyExpiry: a connection the connect proxy let in with expire_at
