@@ -193,6 +193,7 @@ func (c *Config) validateProxy() []error {
 	for _, h := range c.ProxyHeaders {
 		h = http.CanonicalHeaderKey(strings.TrimSpace(h))
 		switch {
+		case h == "": // a trailing comma
 		case h == "Cookie":
 			errs = append(errs, errors.New("RELAY_PROXY_HEADERS: Cookie: name the cookies to forward in RELAY_PROXY_COOKIES instead"))
 		case !validToken(h):
@@ -203,8 +204,10 @@ func (c *Config) validateProxy() []error {
 	}
 	cookies := false
 	for _, name := range c.ProxyCookies {
-		name = strings.TrimSpace(name)
-		if name != "*" && !validToken(name) {
+		switch name = strings.TrimSpace(name); {
+		case name == "": // a trailing comma
+			continue
+		case name != "*" && !validToken(name):
 			errs = append(errs, fmt.Errorf("RELAY_PROXY_COOKIES: %q is not a cookie name", name))
 		}
 		cookies = true
