@@ -451,6 +451,31 @@ func TestProxyPublish(t *testing.T) {
 	}
 }
 
+// TestProxyAnonymous: a connect answer without a user lets the connection
+// in anonymously: the namespace rules apply.
+func TestProxyAnonymous(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request, c backendCall) { answerJSON(w, `{"result":{}}`) })
+	nsFile := filepath.Join(t.TempDir(), "ns.yaml")
+	if err := os.WriteFile(nsFile, []byte("namespaces:\n  news:\n    anonymous_subscribe: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startProxied(t, b, "connect", func(cfg *node.Config) { cfg.NamespacesFile = nsFile })
+	nodetest.Dial(t, s.WS+"/ws/news:1", nil)
+	b.next(t)
+	if status, e := dialRefused(t, s.WS+"/ws/chat:1", nil); status != http.StatusForbidden || e.Code != protocol.CodeForbidden {
+		t.Fatalf("chat:1: %d %+v, want 403 forbidden", status, e)
+	}
+	b.next(t)
+	p := dialProtoWith(t, s.WS+"/ws", nil)
+	p.send(`{"id":1,"cmd":"connect"}`)
+	if r := p.reply(); r.Error != nil || strings.Contains(string(r.Result), `"user"`) {
+		t.Fatalf("connect reply %+v (%s), want no user", r, r.Result)
+	}
+	p.subscribe(2, "news:1")
+	p.do(`{"id":3,"cmd":"publish","channel":"news:1","data":1}`,
+		`{"id":3,"error":{"code":"forbidden","message":"not allowed to publish to \"news:1\""}}`)
+}
+
 // TestProxyOncePerEvent: with two nodes on Redis, a subscribe is asked by
 // the subscriber's node and a publish by the publisher's, once each; the
 // node that delivers the message across asks nothing.
