@@ -89,13 +89,25 @@ type proxy struct {
 	warn     *rate.Sometimes // failed calls are logged at most this often
 }
 
-// newProxy returns the proxy of cfg, registering its metric on reg, or nil
-// when cfg sets no proxy URL. cfg is valid.
+// newProxy returns the proxy of cfg, or nil when cfg sets no proxy URL.
+// Either way it registers relay_proxy_requests_total on reg, every series
+// at zero, so that dashboards and alerts find it. cfg is valid.
 func newProxy(cfg Config, log *slog.Logger, reg prometheus.Registerer) *proxy {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "relay_proxy_requests_total",
+		Help: "Calls to the backend proxy, by event (connect, subscribe, publish) and result (allow, deny, unavailable, error).",
+	}, []string{"event", "result"})
+	reg.MustRegister(requests)
+	for _, ev := range []proxyEvent{eventConnect, eventSubscribe, eventPublish} {
+		for _, result := range []string{resultAllow, resultDeny, resultUnavailable, resultError} {
+			requests.WithLabelValues(string(ev), result)
+		}
+	}
 	if cfg.ProxyConnectURL == "" && cfg.ProxySubscribeURL == "" && cfg.ProxyPublishURL == "" {
 		return nil
 	}
 	p := &proxy{
+		requests:     requests,
 		connectURL:   cfg.ProxyConnectURL,
 		subscribeURL: cfg.ProxySubscribeURL,
 		publishURL:   cfg.ProxyPublishURL,
@@ -140,11 +152,6 @@ func newProxy(cfg Config, log *slog.Logger, reg prometheus.Registerer) *proxy {
 			p.cookies[c] = true
 		}
 	}
-	p.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "relay_proxy_requests_total",
-		Help: "Calls to the backend proxy, by event (connect, subscribe, publish) and result (allow, deny, unavailable, error).",
-	}, []string{"event", "result"})
-	reg.MustRegister(p.requests)
 	var events []proxyEvent
 	for ev, u := range map[proxyEvent]string{eventConnect: p.connectURL, eventSubscribe: p.subscribeURL, eventPublish: p.publishURL} {
 		if u != "" {

@@ -330,6 +330,13 @@ func TestProxyFailures(t *testing.T) {
 		})
 	}
 
+	m := testenv.Metrics(t, s.URL)
+	for result, want := range map[string]float64{"allow": 1, "unavailable": 4, "error": 20} {
+		if got := m[`relay_proxy_requests_total{event="connect",result="`+result+`"}`]; got != want {
+			t.Errorf("relay_proxy_requests_total connect %s = %v, want %v", result, got, want)
+		}
+	}
+
 	t.Run("down", func(t *testing.T) {
 		down := httptest.NewServer(http.NotFoundHandler())
 		down.Close() // a loopback port nobody listens on
