@@ -21,7 +21,7 @@ import (
 	"github.com/relay-pubsub/relay/node/protocol"
 )
 
-// docBackend returns the Python backend of docs/AUTH.md ("A backend in 40
+// docBackend returns the Python backend of docs/AUTH.md ("A backend in 50
 // lines"), listening on port instead of 9000.
 func docBackend(t *testing.T, port int) string {
 	t.Helper()
