@@ -47,6 +47,15 @@ type Config struct {
 	// Origins are the browser origins allowed to connect besides the node's
 	// own host (patterns as in path.Match, e.g. *.example.com; * allows all).
 	Origins []string `envconfig:"ORIGINS" desc:"comma-separated browser Origin host patterns allowed besides same-origin (e.g. app.example.com,*.example.com; * = any)"`
+	// The backend proxy (docs/AUTH.md, "Backend proxy", node/proxy.go):
+	// HTTP calls from the node to the app's backend on connect, subscribe
+	// and publish; an empty URL means no call for that event.
+	ProxyConnectURL   string        `envconfig:"PROXY_CONNECT_URL" desc:"backend URL the node POSTs to when a connection carries no token Relay checks; the answer allows it (user, channels, info) or refuses it (docs/AUTH.md); empty = no connect call"`
+	ProxySubscribeURL string        `envconfig:"PROXY_SUBSCRIBE_URL" desc:"backend URL the node POSTs to on each client subscribe (raw-mode upgrade, protocol subscribe); its answer replaces the channels check; empty = no subscribe call"`
+	ProxyPublishURL   string        `envconfig:"PROXY_PUBLISH_URL" desc:"backend URL the node POSTs to on each client publish; its answer replaces the publish check and may replace the data; empty = no publish call"`
+	ProxyTimeout      time.Duration `envconfig:"PROXY_TIMEOUT" default:"1s" desc:"bound on one backend proxy call (connect, dial, answer); beyond it the event is refused with proxy_unavailable"`
+	ProxyHeaders      []string      `envconfig:"PROXY_HEADERS" desc:"comma-separated request headers of the upgrade forwarded to the backend proxy (e.g. Authorization,X-Session); Cookie is not allowed here: see RELAY_PROXY_COOKIES"`
+	ProxyCookies      []string      `envconfig:"PROXY_COOKIES" desc:"comma-separated cookie names forwarded to the backend proxy (* = every cookie); refused at start with RELAY_ORIGINS=* (cross-site WebSocket hijacking, docs/AUTH.md)"`
 	// MaxMessageBytes is the largest message a client may send; a larger
 	// one closes the connection with 1009.
 	MaxMessageBytes int64 `envconfig:"MAX_MESSAGE_BYTES" default:"65536" desc:"largest message a client may send, in bytes; larger closes the connection with 1009"`
@@ -204,6 +213,7 @@ func (c *Config) Validate() error {
 			break
 		}
 	}
+	errs = append(errs, c.validateProxy()...)
 	return errors.Join(errs...)
 }
 

@@ -39,7 +39,10 @@ type Node struct {
 	// (session.go).
 	verifier   *auth.Verifier
 	namespaces *auth.Namespaces
-	mux        *http.ServeMux
+	// proxy calls the app's backend; nil when no proxy URL is set
+	// (proxy.go).
+	proxy *proxy
+	mux   *http.ServeMux
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
@@ -91,6 +94,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 		return nil, err
 	}
 	n.metrics = newMetrics(n, reg)
+	n.proxy = newProxy(cfg, n.log, reg)
 	n.hub = newHub(b, cfg.NodeID, n.metrics.deliverySeconds)
 	n.outCfg = wsout.Config{QueueMessages: cfg.QueueMessages, QueueBytes: cfg.QueueBytes, WriteDelay: cfg.WriteDelay,
 		WriteTimeout: cfg.WriteTimeout, PingInterval: cfg.PingInterval, PongTimeout: cfg.PongTimeout}
@@ -155,6 +159,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	srv.Shutdown(sctx)
 	n.cancel()
 	n.hub.repairs.Wait() // bounded by n.ctx
+	n.proxy.close()
 	if err == nil {
 		err = <-errc
 	}
@@ -172,7 +177,7 @@ func (n *Node) logStart(addr net.Addr) {
 	n.log.Info("listening", "addr", addr.String(),
 		"raw", "ws://"+host+"/ws/{channel}", "protocol", "ws://"+host+"/ws", "echo", "ws://"+host+"/echo",
 		"health", "http://"+host+"/readyz", "metrics", "http://"+host+"/metrics")
-	if !n.verifier.Enabled() {
+	if !n.verifier.Enabled() && !n.proxy.connects() {
 		n.log.Warn("auth is off: any client may connect; set RELAY_AUTH_TOKENS or RELAY_TOKEN_HMAC_SECRET (docs/AUTH.md) to require a token")
 	}
 }

@@ -160,14 +160,20 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 // runCommand runs a decoded command and returns its error reply, or nil.
 func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	p := c.proto
+	if c.sess.pending != nil && cmd.Cmd != protocol.CmdPing {
+		// Connected by the backend proxy at the first command that needs it.
+		if perr := n.proxyConnectProto(c); perr != nil {
+			return perr
+		}
+	}
 	switch cmd.Cmd {
 	case protocol.CmdPing:
 		return nil
 	case protocol.CmdRefresh:
 		return n.runRefresh(c, cmd)
 	case protocol.CmdSubscribe:
-		if !c.sess.id.MaySubscribe(n.namespaces, cmd.Channel) {
-			return forbidden("subscribe to", cmd.Channel)
+		if perr := n.allowSubscribe(n.ctx, c, cmd.Channel); perr != nil {
+			return perr
 		}
 		if _, ok := p.subs[cmd.Channel]; ok {
 			return &protocol.Error{Code: protocol.CodeAlreadySubscribed,
@@ -194,15 +200,17 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		n.hub.unsubscribe(cmd.Channel, c)
 		return nil
 	case protocol.CmdPublish:
-		if !c.sess.id.MayPublish(n.namespaces, cmd.Channel) {
-			return forbidden("publish to", cmd.Channel)
+		data, perr := n.allowPublish(c, cmd.Channel, cmd.Data)
+		if perr != nil {
+			return perr
 		}
-		// cmd.Data aliases the frame ws.Read returned, a fresh buffer that
-		// nothing else uses: the broker may own it.
+		// data aliases the frame ws.Read returned, a fresh buffer that
+		// nothing else uses, or is the backend proxy's replacement: the
+		// broker may own it.
 		m := pubsub.Message{
 			Origin:  n.id,
 			Conn:    c.id,
-			Payload: cmd.Data,
+			Payload: data,
 		}
 		if err := n.publish(cmd.Channel, m); err != nil {
 			return n.brokerError(c, "publish failed", cmd.Channel, err)
@@ -236,7 +244,12 @@ func (n *Node) brokerError(c *conn, msg, channel string, err error) *protocol.Er
 // clientError reports whether an error with code is the client's doing;
 // those count towards closing the connection.
 func clientError(code protocol.Code) bool {
-	return code != protocol.CodeUnavailable && code != protocol.CodeInternal && code != protocol.CodeUnknownOutcome
+	switch code {
+	case protocol.CodeUnavailable, protocol.CodeInternal, protocol.CodeUnknownOutcome,
+		protocol.CodeProxyUnavailable, protocol.CodeProxyError:
+		return false
+	}
+	return true
 }
 
 // outcomeUnknown is the message of an unknown_outcome error.

@@ -95,7 +95,11 @@ func (n *Node) connect(w http.ResponseWriter, r *http.Request, m mode, channel s
 		return nil
 	}
 	c := n.newConn(r, m)
-	c.release, c.sess = release, sess
+	c.release, c.sess, c.channel = release, sess, channel
+	if !n.admitProxy(w, r, c) {
+		release()
+		return nil
+	}
 	return c
 }
 
@@ -253,6 +257,12 @@ func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.Message
 			*limiter = rate.NewLimiter(rate.Limit(n.cfg.RawPublishRate), n.cfg.RawPublishBurst)
 		}
 		if err := (*limiter).Wait(n.ctx); err != nil {
+			return err
+		}
+	}
+	if n.proxy.publishes() {
+		var err error
+		if typ, data, err = n.proxyRawPublish(c, typ, data); err != nil {
 			return err
 		}
 	}

@@ -86,6 +86,9 @@ func tokenOf(r *http.Request) string {
 // when auth is off, or an *auth.Error.
 func (n *Node) authenticate(r *http.Request) (*auth.Identity, error) {
 	if !n.verifier.Enabled() {
+		if n.proxy.connects() { // the connect proxy decides
+			return nil, &auth.Error{Reason: auth.ReasonMissing}
+		}
 		return auth.Unrestricted(), nil
 	}
 	return n.verifier.Verify(tokenOf(r))
@@ -126,6 +129,11 @@ type session struct {
 	upgradeToken, connected bool
 	// rawPublish: a raw-mode connection may publish to its channel.
 	rawPublish bool
+	// pending holds the headers forwarded to the connect proxy until it
+	// has answered; nil when it is not to be asked (proxy.go). proxied:
+	// the connect proxy gave id.
+	pending http.Header
+	proxied bool
 
 	mu       sync.Mutex
 	timer    *time.Timer // nil until armed; stopped when the connection ends
@@ -150,7 +158,7 @@ func (s *session) start(c *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case c.mode == modeProto && s.id.Anonymous() && c.n.verifier.Enabled() && !s.upgradeToken &&
+	case c.mode == modeProto && s.id.Anonymous() && (c.n.verifier.Enabled() || s.pending != nil) && !s.upgradeToken &&
 		!c.n.namespaces.AnyAnonymous() && c.n.cfg.TokenConnectTimeout > 0:
 		s.armLocked(c, phaseConnect, c.opened.Add(c.n.cfg.TokenConnectTimeout))
 	case !s.id.Expires.IsZero():
@@ -217,7 +225,8 @@ func (s *session) fire(c *conn) {
 	}
 	phase := s.phase
 	grace := c.n.cfg.TokenRefreshGrace
-	if phase == phaseLive && c.mode == modeProto && grace > 0 {
+	// A connection the connect proxy let in has no token to refresh.
+	if phase == phaseLive && c.mode == modeProto && grace > 0 && !s.proxied {
 		s.armLocked(c, phaseGrace, now.Add(grace))
 		s.mu.Unlock()
 		c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendRefresh(nil, grace.Milliseconds())))
@@ -264,13 +273,18 @@ func (n *Node) runConnect(c *conn, cmd protocol.Command) (json.RawMessage, *prot
 			c.proto.closing = errTokenInvalid
 			return nil, n.tokenRefused(err)
 		}
+		s.pending = nil
 		s.setIdentity(c, id)
-	case !s.upgradeToken && n.verifier.Enabled() && !n.namespaces.AnyAnonymous():
+	case s.pending != nil:
+		if perr := n.proxyConnectProto(c); perr != nil {
+			return nil, perr
+		}
+	case !s.upgradeToken && !s.proxied && n.verifier.Enabled() && !n.namespaces.AnyAnonymous():
 		c.proto.closing = errTokenInvalid
 		return nil, n.tokenRefused(&auth.Error{Reason: auth.ReasonMissing, Detail: "send connect with a token"})
 	}
 	s.connected = true
-	res := protocol.ConnectResult{Client: c.clientID(), User: s.id.User}
+	res := protocol.ConnectResult{Client: c.clientID(), User: s.id.User, Info: s.id.Info}
 	if !s.id.Expires.IsZero() {
 		res.Expires = s.id.Expires.Unix()
 	}
@@ -321,14 +335,16 @@ func (n *Node) admitToken(w http.ResponseWriter, r *http.Request, m mode, channe
 	s := &session{upgradeToken: err == nil && n.verifier.Enabled()}
 	switch {
 	case err == nil:
-	case isMissing(err) && (m == modeProto || m == modeRaw && n.namespaces.For(channel).AnonymousSubscribe):
+	case isMissing(err) && n.proxy.connects():
+		id, s.pending = auth.Anonymous(), n.proxy.forwarded(r)
+	case isMissing(err) && (m == modeProto || m == modeRaw && (n.namespaces.For(channel).AnonymousSubscribe || n.proxy.subscribes())):
 		id = auth.Anonymous()
 	default:
 		n.refuseToken(w, err)
 		return nil
 	}
 	s.id, s.name = id, id.User
-	if m == modeRaw {
+	if m == modeRaw && n.proxy == nil { // else admitProxy decides, after the proxy calls
 		if !id.MaySubscribe(n.namespaces, channel) {
 			n.refuse(w, http.StatusForbidden, protocol.CodeForbidden, fmt.Sprintf("not allowed to subscribe to %q", channel))
 			return nil

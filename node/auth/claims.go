@@ -72,6 +72,16 @@ func newIdentity(c *Claims, exp time.Time) *Identity {
 	return id
 }
 
+// NewIdentity returns the identity of user (empty: anonymous) with the
+// channel patterns channels and publish, written as the claims of the same
+// names, info and expiry: what the backend proxy's connect answer gives
+// (docs/AUTH.md, "Backend proxy").
+func NewIdentity(user string, channels, publish []string, info json.RawMessage, expires time.Time) *Identity {
+	c := &Claims{Channels: channels, Publish: publish, Info: info}
+	c.Subject = user
+	return newIdentity(c, expires)
+}
+
 // MaySubscribe reports whether the token lets id subscribe to channel
 // under ns's rules: a namespace open to anonymous subscribers lets
 // everyone; otherwise an unrestricted identity may, an anonymous one may

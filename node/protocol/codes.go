@@ -22,6 +22,18 @@ const (
 	CodeInternal       Code = "internal"
 )
 
+// The error codes of the backend proxy (docs/AUTH.md, "Backend proxy"): the
+// node could not get an answer from the app's backend, so it neither
+// allowed nor refused. A retry may succeed.
+const (
+	// CodeProxyUnavailable: the backend did not answer in time, could not
+	// be reached, or answered with a 5xx status.
+	CodeProxyUnavailable Code = "proxy_unavailable"
+	// CodeProxyError: the backend answered something that is not a
+	// proxy answer (another status, not JSON, the wrong shape).
+	CodeProxyError Code = "proxy_error"
+)
+
 // The error codes of protocol-mode subscriptions.
 const (
 	// CodeAlreadySubscribed answers a subscribe to a channel the connection

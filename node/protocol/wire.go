@@ -68,6 +68,9 @@ type ConnectResult struct {
 	// Expires is when the token stops being accepted (its exp plus the
 	// node's leeway), in Unix seconds; absent when it never does.
 	Expires int64 `json:"expires,omitempty"`
+	// Info is the connection's info: the token's info claim, or what the
+	// backend proxy's connect answer gave; absent when there is none.
+	Info json.RawMessage `json:"info,omitempty"`
 }
 
 // Refresh is what the server sends when the connection's token has
