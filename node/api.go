@@ -168,22 +168,28 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		if err != nil {
 			return nil, err
 		}
-		if err := a.publish(msg); err != nil {
+		res, err := a.publish(msg)
+		if err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return publishResult(res), nil
 	}
 	msgs, perr := a.decodeBatch(body)
 	if perr != nil {
 		return nil, perr
 	}
+	dups := 0
 	for i, m := range msgs {
 		var perr *apiError
 		if ctx.Err() != nil {
 			perr = newAPIError(http.StatusServiceUnavailable, protocol.CodeUnavailable,
 				"the request's deadline (%v) passed", apiTimeout)
 		} else {
-			perr = a.publish(m)
+			var res protocol.PublishResult
+			res, perr = a.publish(m)
+			if res.Duplicate {
+				dups++
+			}
 		}
 		if perr != nil {
 			perr.Message += fmt.Sprintf("; published %d of %d messages", i, len(msgs))
@@ -192,8 +198,9 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		}
 	}
 	return struct {
-		Published int `json:"published"`
-	}{len(msgs)}, nil
+		Published  int `json:"published"`
+		Duplicates int `json:"duplicates,omitempty"`
+	}{len(msgs), dups}, nil
 }
 
 // authorized reports whether r carries an API key in X-API-Key or, without
@@ -227,6 +234,8 @@ type apiMessage struct {
 	// the message (exclude_client): its node and connection number.
 	excludeNode string
 	excludeConn uint64
+	// key is the idempotency_key; empty for none.
+	key string
 }
 
 // decodeBatch parses the body of a batch: {"messages":[message, ...]}.
@@ -268,7 +277,7 @@ func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 	if where != "" {
 		what = "message"
 	}
-	fields, err := decodeObject(b, what, where, "channel", "data", "exclude_client")
+	fields, err := decodeObject(b, what, where, "channel", "data", "exclude_client", "idempotency_key")
 	if err != nil {
 		return apiMessage{}, err
 	}
@@ -293,6 +302,14 @@ func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 		}
 		if m.excludeNode, m.excludeConn, ok = parseClientID(id); !ok {
 			return bad(`exclude_client %q is not a client id (the "client" of a connect reply, such as node-1/42)`, id)
+		}
+	}
+	if k, ok := fields["idempotency_key"]; ok {
+		if k[0] != '"' || json.Unmarshal(k, &m.key) != nil {
+			return bad(`field "idempotency_key" must be a string`)
+		}
+		if err := protocol.ValidIdempotencyKey(m.key); err != nil {
+			return bad("%v", err)
 		}
 	}
 	data, ok := fields["data"]
@@ -359,24 +376,37 @@ func decodeObject(b []byte, what, where string, known ...string) (map[string]jso
 // (500) otherwise. With exclude_client the message is published as if
 // that connection had sent it: every node's hub skips a connection's own
 // messages (unless it asked for echo).
-func (a *api) publish(m apiMessage) *apiError {
+func (a *api) publish(m apiMessage) (protocol.PublishResult, *apiError) {
 	msg := pubsub.Message{Origin: a.n.id, Payload: m.data}
 	if m.excludeNode != "" {
 		msg.Origin, msg.Conn = m.excludeNode, m.excludeConn
 	}
-	err := a.n.publish(m.channel, msg)
-	if err == nil {
-		return nil
+	var res protocol.PublishResult
+	var err error
+	if m.key != "" {
+		res, err = a.n.publishOnce(m.channel, msg, m.key)
+	} else {
+		err = a.n.publish(m.channel, msg)
 	}
+	if err == nil {
+		return res, nil
+	}
+	return res, a.brokerError("api publish failed", m.channel, err)
+}
+
+// brokerError maps a broker error of a publish to its answer:
+// unknown_outcome (504) when it may have been published, unavailable
+// (503) when the broker cannot take it now, internal (500) otherwise.
+func (a *api) brokerError(msg, channel string, err error) *apiError {
 	if errors.Is(err, pubsub.ErrOutcomeUnknown) {
-		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)
+		a.n.log.Debug(msg, "channel", channel, "err", err)
 		return newAPIError(http.StatusGatewayTimeout, protocol.CodeUnknownOutcome, outcomeUnknown)
 	}
 	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
 		// A Redis outage is the broker's to report, not once per request.
-		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)
+		a.n.log.Debug(msg, "channel", channel, "err", err)
 		return newAPIError(http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
 	}
-	a.n.log.Error("api publish failed", "channel", m.channel, "err", err)
+	a.n.log.Error(msg, "channel", channel, "err", err)
 	return newAPIError(http.StatusInternalServerError, protocol.CodeInternal, "internal error")
 }

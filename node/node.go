@@ -75,6 +75,9 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	if cfg.NodeID == "" {
 		cfg.NodeID = DefaultNodeID()
 	}
+	if cfg.IdempotencyWindow == 0 {
+		cfg.IdempotencyWindow = defaultIdempotencyWindow
+	}
 	if cfg.HistoryRecoverMax == 0 {
 		cfg.HistoryRecoverMax = defaultRecoverMax
 	}

@@ -134,6 +134,8 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 			"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
 	} else if cmd.Cmd == protocol.CmdConnect {
 		result, perr = n.runConnect(c, cmd)
+	} else if cmd.Cmd == protocol.CmdPublish && cmd.IdempotencyKey != "" {
+		result, perr = n.runPublishOnce(c, cmd)
 	} else {
 		perr = n.runCommand(c, cmd)
 	}
