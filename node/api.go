@@ -88,7 +88,9 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case http.StatusUnauthorized:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
 		case http.StatusMethodNotAllowed:
-			w.Header().Set("Allow", http.MethodPost)
+			if w.Header().Get("Allow") == "" {
+				w.Header().Set("Allow", http.MethodPost)
+			}
 		case http.StatusServiceUnavailable:
 			w.Header().Set("Retry-After", "1")
 		}
@@ -114,13 +116,23 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound,
 			"the HTTP API is off on this node: set RELAY_API_KEY to turn it on")
 	}
+	if get := a.getEndpoint(r.URL.Path); get != nil {
+		return a.serveGet(w, r, get)
+	}
 	var batch, disconnect bool
+	var handle func(context.Context, []byte) (any, *apiError) // endpoints of api_*.go
 	switch r.URL.Path {
 	case "/api/publish":
 	case "/api/publish/batch":
 		batch = true
 	case "/api/disconnect":
 		disconnect = true
+	case "/api/broadcast":
+		handle, batch = a.broadcast, true // a batch's body limit
+	case "/api/subscribe":
+		handle = a.serverSubscribe
+	case "/api/unsubscribe":
+		handle = a.serverUnsubscribe
 	default:
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}
@@ -162,6 +174,9 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 	}
 	if disconnect {
 		return a.disconnect(ctx, body)
+	}
+	if handle != nil {
+		return handle(ctx, body)
 	}
 	if !batch {
 		msg, err := a.decodeMessage(body, "")

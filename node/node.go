@@ -40,6 +40,8 @@ type Node struct {
 	verifier   *auth.Verifier
 	namespaces *auth.Namespaces
 	mux        *http.ServeMux
+	// cluster is what the node knows of the others (api_control.go).
+	cluster cluster
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.

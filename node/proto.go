@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -36,7 +37,12 @@ var emptyResult = json.RawMessage(`{}`)
 // protoConn is the protocol-mode state of a connection. The connection's
 // reader goroutine owns it.
 type protoConn struct {
+	// subsMu guards subs and ended: the reader's subscribe and
+	// unsubscribe commands hold it, and so does a server-side
+	// subscription (api_subscribe.go), which runs on another goroutine.
+	subsMu sync.Mutex
 	subs   map[string]struct{} // the channels subscribed to
+	ended  bool                // unsubscribeAll ran: subscribe no more
 	bucket *rate.Limiter       // commands; nil = no limit
 	errs   errorWindow         // recent client errors
 	// closing, set by a command, closes the connection after its reply.
@@ -102,6 +108,9 @@ func (n *Node) readProto(c *conn) error {
 
 // unsubscribeAll ends the subscriptions of a protocol-mode connection.
 func (n *Node) unsubscribeAll(c *conn) {
+	c.proto.subsMu.Lock()
+	defer c.proto.subsMu.Unlock()
+	c.proto.ended = true
 	for ch := range c.proto.subs {
 		n.hub.unsubscribe(ch, c)
 	}
@@ -136,6 +145,8 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 		result, perr = n.runConnect(c, cmd)
 	} else if cmd.Cmd == protocol.CmdPublish && cmd.IdempotencyKey != "" {
 		result, perr = n.runPublishOnce(c, cmd)
+	} else if cmd.Cmd == protocol.CmdHistory {
+		result, perr = n.runHistory(c, cmd)
 	} else {
 		perr = n.runCommand(c, cmd)
 	}
@@ -168,6 +179,8 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	case protocol.CmdRefresh:
 		return n.runRefresh(c, cmd)
 	case protocol.CmdSubscribe:
+		p.subsMu.Lock()
+		defer p.subsMu.Unlock()
 		if !c.sess.id.MaySubscribe(n.namespaces, cmd.Channel) {
 			return forbidden("subscribe to", cmd.Channel)
 		}
@@ -188,6 +201,8 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		p.subs[cmd.Channel] = struct{}{}
 		return nil
 	case protocol.CmdUnsubscribe:
+		p.subsMu.Lock()
+		defer p.subsMu.Unlock()
 		if _, ok := p.subs[cmd.Channel]; !ok {
 			return &protocol.Error{Code: protocol.CodeNotSubscribed,
 				Message: fmt.Sprintf("not subscribed to %q", cmd.Channel)}

@@ -46,3 +46,24 @@ type UnsubscribedPush struct {
 		Channel string `json:"channel"`
 	} `json:"unsubscribed"`
 }
+
+// ChannelsResult is the result of GET /api/channels: the channels with
+// subscribers on the nodes that answered, and who answered.
+type ChannelsResult struct {
+	Channels map[string]ChannelInfo `json:"channels"`
+	// Nodes are the nodes that answered, sorted.
+	Nodes []string `json:"nodes"`
+	// Missing are the nodes known to be in the cluster that did not answer
+	// in time: their subscribers are not counted.
+	Missing []string `json:"missing,omitempty"`
+	// Truncated is true when a node had more matching channels than it
+	// answers with: some are left out.
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// ChannelInfo is one channel of a ChannelsResult.
+type ChannelInfo struct {
+	// Subscribers counts the connections subscribed to the channel, in
+	// raw and protocol mode, on the nodes that answered.
+	Subscribers int `json:"subscribers"`
+}
