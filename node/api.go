@@ -24,9 +24,10 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// The HTTP API for backends: POST /api/publish and POST /api/publish/batch,
+// The HTTP API for backends: POST /api/publish and POST /api/publish/batch
+// here, the other endpoints in disconnect.go and api_*.go, all
 // authenticated with an API key (RELAY_API_KEY). docs/API.md is the
-// contract; this file and it must agree.
+// contract; these files and it must agree.
 
 const (
 	// apiTimeout bounds one API request: its body must arrive within it,

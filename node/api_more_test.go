@@ -330,3 +330,23 @@ func TestAPIServerSubscribe(t *testing.T) {
 		t.Errorf("unsubscribe from a bad channel: %d %s, want 400 invalid_channel", r.status, r.body)
 	}
 }
+
+// TestAPIServerSubscribeHistory: a server-side subscription to a channel
+// with history tells the connection the channel's position, and the
+// pushes that follow carry the next offsets.
+func TestAPIServerSubscribeHistory(t *testing.T) {
+	nodes := authCluster(t, testenv.StartRedis(t), 1, func(cfg *node.Config) { withAPIKeys(cfg); withHistory(10)(cfg) })
+	alice := mint(t, "alice", nil, nil, time.Now().Add(time.Hour))
+	p := dialProtoWith(t, nodes[0].WS+"/ws?batch=false", bearer(alice))
+	p.do(`{"id":1,"cmd":"ping"}`, `{"id":1,"result":{}}`)
+	for i := 1; i <= 2; i++ {
+		apiPublish(t, nodes[0].URL+"/api/publish", fmt.Sprintf(`{"channel":"h","data":%d}`, i), `{}`)
+	}
+	apiPublish(t, nodes[0].URL+"/api/subscribe", `{"user":"alice","channel":"h"}`, `{}`)
+	var push protocol.SubscribedPush
+	if s := p.next(); json.Unmarshal([]byte(s), &push) != nil || push.Subscribed.Channel != "h" || push.Subscribed.Offset != 2 || push.Subscribed.Epoch == "" {
+		t.Fatalf("read %s, want the subscribed push at offset 2", s)
+	}
+	apiPublish(t, nodes[0].URL+"/api/publish", `{"channel":"h","data":3}`, `{}`)
+	p.expect(`{"channel":"h","offset":3,"data":3}`)
+}
