@@ -17,8 +17,8 @@ import (
 //
 // Membership: a node announces itself with hello once its control
 // subscription is live, with alive every announceInterval, and with bye
-// when it stops; a node that hears a hello from a node it did not know
-// announces itself at once, so that the newcomer learns of it too. A
+// when it stops; a node that hears another's hello announces itself at
+// once, so that the newcomer (or a node that restarted) learns of it too. A
 // node counts as a member while it was heard within memberTTL: one that
 // vanished without a bye (SIGKILL, a cut link) is expected in surveys for
 // up to that long, and reported missing.
@@ -62,16 +62,14 @@ type cluster struct {
 	announce chan struct{}
 }
 
-// heard records that node is alive and reports whether it was new.
-func (cl *cluster) heard(node string, now time.Time) bool {
+// heard records that node is alive.
+func (cl *cluster) heard(node string, now time.Time) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.members == nil {
 		cl.members = make(map[string]time.Time)
 	}
-	last, ok := cl.members[node]
 	cl.members[node] = now
-	return !ok || now.Sub(last) > memberTTL
 }
 
 // left forgets node.
@@ -134,7 +132,8 @@ func (n *Node) onControlExtra(cx controlExtra) bool {
 	now := time.Now()
 	switch {
 	case cx.Hello != "":
-		if cx.Hello != n.id && n.cluster.heard(cx.Hello, now) {
+		if cx.Hello != n.id {
+			n.cluster.heard(cx.Hello, now)
 			select { // let the newcomer learn of this node
 			case n.cluster.announce <- struct{}{}:
 			default:
