@@ -23,7 +23,9 @@ const (
 	// maxHistoryLimit bounds the limit of one history read.
 	maxHistoryLimit = 1000
 	// maxHistoryBytes bounds the messages of one history answer: it stops
-	// before a message that would take it over, but always holds one.
+	// before a message that would take it over, but always holds one. In
+	// protocol mode the bound is at most a quarter of RELAY_QUEUE_BYTES,
+	// so that a reply never makes its own connection a slow consumer.
 	maxHistoryBytes = 256 << 10
 )
 
@@ -38,8 +40,9 @@ func newHistoryError(status int, code protocol.Code, format string, args ...any)
 }
 
 // readHistory reads channel's history: with since, the messages after it
-// in the same epoch; without, the latest limit messages.
-func (n *Node) readHistory(ctx context.Context, channel string, since *protocol.Since, limit *int) (*protocol.HistoryResult, *historyError) {
+// in the same epoch; without, the latest limit messages; at most maxBytes
+// of them.
+func (n *Node) readHistory(ctx context.Context, channel string, since *protocol.Since, limit *int, maxBytes int) (*protocol.HistoryResult, *historyError) {
 	lim := defaultHistoryLimit
 	if limit != nil {
 		lim = *limit
@@ -81,7 +84,7 @@ func (n *Node) readHistory(ctx context.Context, channel string, since *protocol.
 	size := 0
 	for i, m := range msgs {
 		b := appendHistoryPush(nil, channel, m)
-		if i == lim || (i > 0 && size+len(b) > maxHistoryBytes) {
+		if i == lim || (i > 0 && size+len(b) > maxBytes) {
 			res.More = true
 			break
 		}
@@ -111,7 +114,7 @@ func (n *Node) runHistory(c *conn, cmd protocol.Command) (json.RawMessage, *prot
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, apiTimeout)
 	defer cancel()
-	res, herr := n.readHistory(ctx, cmd.Channel, cmd.Since, cmd.Limit)
+	res, herr := n.readHistory(ctx, cmd.Channel, cmd.Since, cmd.Limit, min(maxHistoryBytes, n.cfg.QueueBytes/4))
 	if herr != nil {
 		return nil, &herr.Error
 	}
@@ -145,7 +148,7 @@ func (a *api) history(ctx context.Context, r *http.Request) (any, *apiError) {
 	if err != nil {
 		return bad(protocol.CodeBadRequest, "%v", err)
 	}
-	res, herr := a.n.readHistory(ctx, channel, since, limit)
+	res, herr := a.n.readHistory(ctx, channel, since, limit, maxHistoryBytes)
 	if herr != nil {
 		return nil, &apiError{status: herr.status, Error: herr.Error}
 	}
