@@ -35,7 +35,7 @@ var errTooManyErrors = &wsout.CloseError{Code: protocol.ClosePolicyViolation, Re
 var emptyResult = json.RawMessage(`{}`)
 
 // protoConn is the protocol-mode state of a connection. The connection's
-// reader goroutine owns it.
+// reader goroutine owns it, but for subs and ended (under subsMu).
 type protoConn struct {
 	// subsMu guards subs and ended: the reader's subscribe and
 	// unsubscribe commands hold it, and so does a server-side
