@@ -80,10 +80,12 @@ redis.call('SET', KEYS[3], r[1] .. ':' .. r[2], 'PX', ARGV[6])
 return r
 `)
 
-// onceKey is the Redis key of an idempotency key of channel: in the hash
-// slot of the channel's history keys.
+// onceKey is the Redis key of an idempotency key of channel: the base of
+// the channel's history keys (historyKeys) with "i:<key>", so that it is
+// in their hash slot and one script may use them all on Redis Cluster.
 func (b *Redis) onceKey(channel, key string) string {
-	return b.cfg.Prefix + "{" + channel + "}:i:" + key
+	hash := b.historyKeys(channel)[0]
+	return hash[:len(hash)-len("h")] + "i:" + key
 }
 
 // PublishOnce implements OncePublisher with one script run. Idempotent
