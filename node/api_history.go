@@ -106,20 +106,22 @@ func (n *Node) historyBrokerError(channel string, err error) *historyError {
 	return newHistoryError(http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
 }
 
-// runHistory runs the protocol-mode history command: the connection must
-// be allowed to subscribe to the channel.
-func (n *Node) runHistory(c *conn, cmd protocol.Command) (json.RawMessage, *protocol.Error) {
+// runHistory runs the protocol-mode history command and queues its reply,
+// or returns its error reply. The connection must be allowed to subscribe
+// to the channel.
+func (n *Node) runHistory(c *conn, cmd protocol.Command) *protocol.Error {
 	if !c.sess.id.MaySubscribe(n.namespaces, cmd.Channel) {
-		return nil, forbidden("read the history of", cmd.Channel)
+		return forbidden("read the history of", cmd.Channel)
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, apiTimeout)
 	defer cancel()
 	res, herr := n.readHistory(ctx, cmd.Channel, cmd.Since, cmd.Limit, min(maxHistoryBytes, n.cfg.QueueBytes/4))
 	if herr != nil {
-		return nil, &herr.Error
+		return &herr.Error
 	}
 	b, _ := json.Marshal(res) // cannot fail: the messages are valid JSON
-	return b, nil
+	queueResult(c, cmd.ID, b)
+	return nil
 }
 
 // history runs GET /api/history?channel=c[&limit=n][&since=offset&epoch=e].

@@ -143,10 +143,6 @@ func (n *Node) protoMessage(c *conn, typ websocket.MessageType, data []byte) err
 			"more than %g commands per second: slow down", n.cfg.ProtoCommandRate)}
 	} else if cmd.Cmd == protocol.CmdConnect {
 		result, perr = n.runConnect(c, cmd)
-	} else if cmd.Cmd == protocol.CmdPublish && cmd.IdempotencyKey != "" {
-		result, perr = n.runPublishOnce(c, cmd)
-	} else if cmd.Cmd == protocol.CmdHistory {
-		result, perr = n.runHistory(c, cmd)
 	} else {
 		perr = n.runCommand(c, cmd)
 	}
@@ -200,6 +196,8 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		}
 		p.subs[cmd.Channel] = struct{}{}
 		return nil
+	case protocol.CmdHistory:
+		return n.runHistory(c, cmd)
 	case protocol.CmdUnsubscribe:
 		p.subsMu.Lock()
 		defer p.subsMu.Unlock()
@@ -220,6 +218,9 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 			Origin:  n.id,
 			Conn:    c.id,
 			Payload: cmd.Data,
+		}
+		if cmd.IdempotencyKey != "" {
+			return n.publishOnceReply(c, cmd, m)
 		}
 		if err := n.publish(cmd.Channel, m); err != nil {
 			return n.brokerError(c, "publish failed", cmd.Channel, err)

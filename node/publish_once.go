@@ -5,6 +5,9 @@ import (
 	"errors"
 	"time"
 
+	"github.com/coder/websocket"
+
+	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
 	"github.com/relay-pubsub/relay/pubsub"
 )
@@ -49,15 +52,24 @@ func publishResult(res protocol.PublishResult) json.RawMessage {
 	return b
 }
 
-// runPublishOnce runs a protocol-mode publish with an idempotency key and
-// returns its result or error reply.
-func (n *Node) runPublishOnce(c *conn, cmd protocol.Command) (json.RawMessage, *protocol.Error) {
-	if !c.sess.id.MayPublish(n.namespaces, cmd.Channel) {
-		return nil, forbidden("publish to", cmd.Channel)
-	}
-	res, err := n.publishOnce(cmd.Channel, pubsub.Message{Origin: n.id, Conn: c.id, Payload: cmd.Data}, cmd.IdempotencyKey)
+// publishOnceReply runs a protocol-mode publish with an idempotency key,
+// m, whose permission was checked, and queues its reply (its result
+// carries the duplicate flag and the position); or returns its error
+// reply.
+func (n *Node) publishOnceReply(c *conn, cmd protocol.Command, m pubsub.Message) *protocol.Error {
+	res, err := n.publishOnce(cmd.Channel, m, cmd.IdempotencyKey)
 	if err != nil {
-		return nil, n.brokerError(c, "publish failed", cmd.Channel, err)
+		return n.brokerError(c, "publish failed", cmd.Channel, err)
 	}
-	return publishResult(res), nil
+	queueResult(c, cmd.ID, publishResult(res))
+	return nil
+}
+
+// queueResult queues the success reply of a command that answers with a
+// result of its own, and tells protoMessage that it did.
+func queueResult(c *conn, id, result json.RawMessage) {
+	if id != nil {
+		c.out.Send(wsout.NewFrame(websocket.MessageText, protocol.AppendResult(nil, id, result)))
+	}
+	c.proto.replied = true
 }
