@@ -163,7 +163,8 @@ var (
 	// ErrUnknownOutcome is returned by Publish when the connection ended
 	// after the message was sent and before the node answered, or when the
 	// node answered unknown_outcome (its broker did not confirm in time):
-	// the message may or may not have been published.
+	// the message may or may not have been published. A retry may deliver
+	// it twice; PublishOnce retries without that risk.
 	ErrUnknownOutcome = errors.New("the publish may or may not have taken effect")
 )
 
@@ -741,6 +742,38 @@ func (s *Subscription) Unsubscribe(ctx context.Context) error {
 // connection ends after the message went out and before the ack, Publish
 // returns ErrUnknownOutcome.
 func (c *Client) Publish(ctx context.Context, channel string, data []byte) error {
+	return c.publish(ctx, channel, data, "")
+}
+
+// PublishOnce is Publish with an idempotency key (1-128 bytes of printable
+// ASCII without space, unique per message): the node delivers a message
+// once however often it is sent with the same key on the same channel
+// within its window (RELAY_IDEMPOTENCY_WINDOW, default 5m). That makes
+// retries safe, so PublishOnce retries where Publish returns
+// ErrUnknownOutcome (the connection ended before the ack, or the node
+// answered unknown_outcome) or the node answered unavailable, after a
+// backoff, until ctx ends. A retry the node recognises is a success.
+func (c *Client) PublishOnce(ctx context.Context, channel string, data []byte, key string) error {
+	if err := protocol.ValidIdempotencyKey(key); err != nil {
+		return &Error{Code: protocol.CodeBadRequest, Message: err.Error()}
+	}
+	for attempt := 0; ; attempt++ {
+		err := c.publish(ctx, channel, data, key)
+		var perr *Error
+		if !errors.Is(err, ErrUnknownOutcome) && !(errors.As(err, &perr) && perr.Code == protocol.CodeUnavailable) {
+			return err
+		}
+		t := time.NewTimer(c.backoff(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
+}
+
+func (c *Client) publish(ctx context.Context, channel string, data []byte, key string) error {
 	if err := protocol.ValidChannel(channel); err != nil {
 		return &Error{Code: protocol.CodeInvalidChannel, Message: err.Error()}
 	}
@@ -753,7 +786,7 @@ func (c *Client) Publish(ctx context.Context, channel string, data []byte) error
 		if err != nil {
 			return err
 		}
-		sent, err := s.call(ctx, protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, Data: value})
+		sent, err := s.call(ctx, protocol.Command{Cmd: protocol.CmdPublish, Channel: channel, Data: value, IdempotencyKey: key})
 		var perr *Error
 		switch {
 		case errors.Is(err, errConnLost) && sent:

@@ -78,3 +78,38 @@ func ExampleMessage_Bytes() {
 	// {"text":"hi"} -> {"text":"hi"}
 	// "plain text" -> plain text
 }
+
+// A message published twice with one idempotency key, as a retry after an
+// unknown outcome would, is delivered once.
+func ExampleClient_PublishOnce() {
+	ctx := context.Background()
+	sub, err := client.Dial(ctx, exampleURL, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sub.Close()
+	got := make(chan string, 3)
+	if _, err := sub.Subscribe(ctx, "orders", func(m client.Message) {
+		got <- string(m.Bytes())
+	}); err != nil {
+		log.Fatal(err)
+	}
+	pub, err := client.Dial(ctx, exampleURL, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pub.Close()
+	for range 2 {
+		if err := pub.PublishOnce(ctx, "orders", []byte(`"order 17 paid"`), "order-17-paid"); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := pub.Publish(ctx, "orders", []byte(`"done"`)); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(<-got)
+	fmt.Println(<-got)
+	// Output:
+	// order 17 paid
+	// done
+}

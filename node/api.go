@@ -24,9 +24,10 @@ import (
 	"github.com/relay-pubsub/relay/pubsub"
 )
 
-// The HTTP API for backends: POST /api/publish and POST /api/publish/batch,
+// The HTTP API for backends: POST /api/publish and POST /api/publish/batch
+// here, the other endpoints in disconnect.go and api_*.go, all
 // authenticated with an API key (RELAY_API_KEY). docs/API.md is the
-// contract; this file and it must agree.
+// contract; these files and it must agree.
 
 const (
 	// apiTimeout bounds one API request: its body must arrive within it,
@@ -88,7 +89,9 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case http.StatusUnauthorized:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="relay"`)
 		case http.StatusMethodNotAllowed:
-			w.Header().Set("Allow", http.MethodPost)
+			if w.Header().Get("Allow") == "" {
+				w.Header().Set("Allow", http.MethodPost)
+			}
 		case http.StatusServiceUnavailable:
 			w.Header().Set("Retry-After", "1")
 		}
@@ -114,13 +117,23 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound,
 			"the HTTP API is off on this node: set RELAY_API_KEY to turn it on")
 	}
+	if get := a.getEndpoint(r.URL.Path); get != nil {
+		return a.serveGet(w, r, get)
+	}
 	var batch, disconnect bool
+	var handle func(context.Context, []byte) (any, *apiError) // endpoints of api_*.go
 	switch r.URL.Path {
 	case "/api/publish":
 	case "/api/publish/batch":
 		batch = true
 	case "/api/disconnect":
 		disconnect = true
+	case "/api/broadcast":
+		handle, batch = a.broadcast, true // a batch's body limit
+	case "/api/subscribe":
+		handle = a.serverSubscribe
+	case "/api/unsubscribe":
+		handle = a.serverUnsubscribe
 	default:
 		return nil, newAPIError(http.StatusNotFound, protocol.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}
@@ -163,27 +176,36 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 	if disconnect {
 		return a.disconnect(ctx, body)
 	}
+	if handle != nil {
+		return handle(ctx, body)
+	}
 	if !batch {
 		msg, err := a.decodeMessage(body, "")
 		if err != nil {
 			return nil, err
 		}
-		if err := a.publish(msg); err != nil {
+		res, err := a.publish(msg)
+		if err != nil {
 			return nil, err
 		}
-		return struct{}{}, nil
+		return publishResult(res), nil
 	}
 	msgs, perr := a.decodeBatch(body)
 	if perr != nil {
 		return nil, perr
 	}
+	dups := 0
 	for i, m := range msgs {
 		var perr *apiError
 		if ctx.Err() != nil {
 			perr = newAPIError(http.StatusServiceUnavailable, protocol.CodeUnavailable,
 				"the request's deadline (%v) passed", apiTimeout)
 		} else {
-			perr = a.publish(m)
+			var res protocol.PublishResult
+			res, perr = a.publish(m)
+			if res.Duplicate {
+				dups++
+			}
 		}
 		if perr != nil {
 			perr.Message += fmt.Sprintf("; published %d of %d messages", i, len(msgs))
@@ -192,8 +214,9 @@ func (a *api) serve(w http.ResponseWriter, r *http.Request) (any, *apiError) {
 		}
 	}
 	return struct {
-		Published int `json:"published"`
-	}{len(msgs)}, nil
+		Published  int `json:"published"`
+		Duplicates int `json:"duplicates,omitempty"`
+	}{len(msgs), dups}, nil
 }
 
 // authorized reports whether r carries an API key in X-API-Key or, without
@@ -227,6 +250,8 @@ type apiMessage struct {
 	// the message (exclude_client): its node and connection number.
 	excludeNode string
 	excludeConn uint64
+	// key is the idempotency_key; empty for none.
+	key string
 }
 
 // decodeBatch parses the body of a batch: {"messages":[message, ...]}.
@@ -268,7 +293,7 @@ func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 	if where != "" {
 		what = "message"
 	}
-	fields, err := decodeObject(b, what, where, "channel", "data", "exclude_client")
+	fields, err := decodeObject(b, what, where, "channel", "data", "exclude_client", "idempotency_key")
 	if err != nil {
 		return apiMessage{}, err
 	}
@@ -293,6 +318,14 @@ func (a *api) decodeMessage(b []byte, where string) (apiMessage, *apiError) {
 		}
 		if m.excludeNode, m.excludeConn, ok = parseClientID(id); !ok {
 			return bad(`exclude_client %q is not a client id (the "client" of a connect reply, such as node-1/42)`, id)
+		}
+	}
+	if k, ok := fields["idempotency_key"]; ok {
+		if k[0] != '"' || json.Unmarshal(k, &m.key) != nil {
+			return bad(`field "idempotency_key" must be a string`)
+		}
+		if err := protocol.ValidIdempotencyKey(m.key); err != nil {
+			return bad("%v", err)
 		}
 	}
 	data, ok := fields["data"]
@@ -359,24 +392,37 @@ func decodeObject(b []byte, what, where string, known ...string) (map[string]jso
 // (500) otherwise. With exclude_client the message is published as if
 // that connection had sent it: every node's hub skips a connection's own
 // messages (unless it asked for echo).
-func (a *api) publish(m apiMessage) *apiError {
+func (a *api) publish(m apiMessage) (protocol.PublishResult, *apiError) {
 	msg := pubsub.Message{Origin: a.n.id, Payload: m.data}
 	if m.excludeNode != "" {
 		msg.Origin, msg.Conn = m.excludeNode, m.excludeConn
 	}
-	err := a.n.publish(m.channel, msg)
-	if err == nil {
-		return nil
+	var res protocol.PublishResult
+	var err error
+	if m.key != "" {
+		res, err = a.n.publishOnce(m.channel, msg, m.key)
+	} else {
+		err = a.n.publish(m.channel, msg)
 	}
+	if err == nil {
+		return res, nil
+	}
+	return res, a.brokerError("api publish failed", m.channel, err)
+}
+
+// brokerError maps a broker error of a publish to its answer:
+// unknown_outcome (504) when it may have been published, unavailable
+// (503) when the broker cannot take it now, internal (500) otherwise.
+func (a *api) brokerError(msg, channel string, err error) *apiError {
 	if errors.Is(err, pubsub.ErrOutcomeUnknown) {
-		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)
+		a.n.log.Debug(msg, "channel", channel, "err", err)
 		return newAPIError(http.StatusGatewayTimeout, protocol.CodeUnknownOutcome, outcomeUnknown)
 	}
 	if errors.Is(err, pubsub.ErrUnavailable) || errors.Is(err, pubsub.ErrClosed) || errors.Is(err, context.Canceled) {
 		// A Redis outage is the broker's to report, not once per request.
-		a.n.log.Debug("api publish failed", "channel", m.channel, "err", err)
+		a.n.log.Debug(msg, "channel", channel, "err", err)
 		return newAPIError(http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
 	}
-	a.n.log.Error("api publish failed", "channel", m.channel, "err", err)
+	a.n.log.Error(msg, "channel", channel, "err", err)
 	return newAPIError(http.StatusInternalServerError, protocol.CodeInternal, "internal error")
 }

@@ -116,6 +116,11 @@ type Config struct {
 	// Zero means 1000.
 	HistoryRecoverMax int `envconfig:"HISTORY_RECOVER_MAX" default:"1000" desc:"most messages one recovery (subscribe with since, or a node repairing a gap) delivers; further behind, recovered is false"`
 
+	// IdempotencyWindow is how long a publish's idempotency_key is
+	// remembered: a retry with the same key on the same channel within it
+	// publishes nothing and is answered as a success. Zero means 5m.
+	IdempotencyWindow time.Duration `envconfig:"IDEMPOTENCY_WINDOW" default:"5m" desc:"how long a publish's idempotency_key is remembered: a retry with the same key on the same channel within it is delivered once (at least 1ms)"`
+
 	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
 	// a request sends one as Authorization: Bearer <key> or X-API-Key. More
 	// than one lets operators rotate keys. None means the API is off: its
@@ -188,6 +193,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HistoryTTL < 0 || (c.HistoryTTL > 0 && c.HistoryTTL < time.Millisecond) {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_TTL: %v; want 0 (no history) or at least 1ms, such as 5m", c.HistoryTTL))
+	}
+	if c.IdempotencyWindow < 0 || (c.IdempotencyWindow > 0 && c.IdempotencyWindow < time.Millisecond) {
+		errs = append(errs, fmt.Errorf("RELAY_IDEMPOTENCY_WINDOW: %v; want at least 1ms, such as 5m", c.IdempotencyWindow))
 	}
 	if c.HistoryRecoverMax < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_RECOVER_MAX: %d; want at least 1", c.HistoryRecoverMax))

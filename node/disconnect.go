@@ -27,7 +27,8 @@ var errDisconnected = &wsout.CloseError{Code: protocol.CloseDisconnected, Reason
 // controlMessage is a request on controlChannel.
 type controlMessage struct {
 	// Disconnect is the user whose connections close.
-	Disconnect string `json:"disconnect"`
+	Disconnect   string `json:"disconnect,omitempty"`
+	controlExtra        // the other requests (api_control.go)
 }
 
 // runControl subscribes the node to controlChannel until the returned
@@ -35,6 +36,7 @@ type controlMessage struct {
 // subscribe; stop waits for it.
 func (n *Node) runControl() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
+	n.cluster.ctx, n.cluster.announce = ctx, make(chan struct{}, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -44,8 +46,9 @@ func (n *Node) runControl() (stop func()) {
 				if warned {
 					n.log.Info("control channel subscribed")
 				}
-				<-ctx.Done()
+				n.announceLoop(ctx)
 				unsub()
+				n.cluster.work.Wait() // no request starts after unsub
 				return
 			}
 			if errors.Is(err, pubsub.ErrClosed) || ctx.Err() != nil {
@@ -69,9 +72,12 @@ func (n *Node) runControl() (stop func()) {
 // it closes connections, which does not block.
 func (n *Node) onControl(m pubsub.Message) {
 	var cm controlMessage
-	if err := json.Unmarshal(m.Payload, &cm); err != nil || cm.Disconnect == "" {
+	if err := json.Unmarshal(m.Payload, &cm); err != nil || (cm.Disconnect == "" && !n.onControlExtra(cm.controlExtra)) {
 		n.log.Warn("control channel: a message that is not a request", "origin", m.Origin)
 		return
+	}
+	if cm.Disconnect == "" {
+		return // onControlExtra ran it
 	}
 	closed := 0
 	n.mu.Lock()

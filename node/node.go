@@ -43,6 +43,8 @@ type Node struct {
 	// (proxy.go).
 	proxy *proxy
 	mux   *http.ServeMux
+	// cluster is what the node knows of the others (api_control.go).
+	cluster cluster
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
@@ -77,6 +79,9 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	}
 	if cfg.NodeID == "" {
 		cfg.NodeID = DefaultNodeID()
+	}
+	if cfg.IdempotencyWindow == 0 {
+		cfg.IdempotencyWindow = defaultIdempotencyWindow
 	}
 	if cfg.HistoryRecoverMax == 0 {
 		cfg.HistoryRecoverMax = defaultRecoverMax

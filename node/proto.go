@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -34,9 +35,14 @@ var errTooManyErrors = &wsout.CloseError{Code: protocol.ClosePolicyViolation, Re
 var emptyResult = json.RawMessage(`{}`)
 
 // protoConn is the protocol-mode state of a connection. The connection's
-// reader goroutine owns it.
+// reader goroutine owns it, but for subs and ended (under subsMu).
 type protoConn struct {
+	// subsMu guards subs and ended: the reader's subscribe and
+	// unsubscribe commands hold it, and so does a server-side
+	// subscription (api_subscribe.go), which runs on another goroutine.
+	subsMu sync.Mutex
 	subs   map[string]struct{} // the channels subscribed to
+	ended  bool                // unsubscribeAll ran: subscribe no more
 	bucket *rate.Limiter       // commands; nil = no limit
 	errs   errorWindow         // recent client errors
 	// closing, set by a command, closes the connection after its reply.
@@ -102,6 +108,9 @@ func (n *Node) readProto(c *conn) error {
 
 // unsubscribeAll ends the subscriptions of a protocol-mode connection.
 func (n *Node) unsubscribeAll(c *conn) {
+	c.proto.subsMu.Lock()
+	defer c.proto.subsMu.Unlock()
+	c.proto.ended = true
 	for ch := range c.proto.subs {
 		n.hub.unsubscribe(ch, c)
 	}
@@ -172,9 +181,13 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	case protocol.CmdRefresh:
 		return n.runRefresh(c, cmd)
 	case protocol.CmdSubscribe:
+		// Asked before taking subsMu: the backend proxy may take up to
+		// its timeout, and a server-side subscribe waits for subsMu.
 		if perr := n.allowSubscribe(n.ctx, c, cmd.Channel); perr != nil {
 			return perr
 		}
+		p.subsMu.Lock()
+		defer p.subsMu.Unlock()
 		if _, ok := p.subs[cmd.Channel]; ok {
 			return &protocol.Error{Code: protocol.CodeAlreadySubscribed,
 				Message: fmt.Sprintf("already subscribed to %q", cmd.Channel)}
@@ -191,7 +204,11 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 		}
 		p.subs[cmd.Channel] = struct{}{}
 		return nil
+	case protocol.CmdHistory:
+		return n.runHistory(c, cmd)
 	case protocol.CmdUnsubscribe:
+		p.subsMu.Lock()
+		defer p.subsMu.Unlock()
 		if _, ok := p.subs[cmd.Channel]; !ok {
 			return &protocol.Error{Code: protocol.CodeNotSubscribed,
 				Message: fmt.Sprintf("not subscribed to %q", cmd.Channel)}
@@ -211,6 +228,9 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 			Origin:  n.id,
 			Conn:    c.id,
 			Payload: data,
+		}
+		if cmd.IdempotencyKey != "" {
+			return n.publishOnceReply(c, cmd, m)
 		}
 		if err := n.publish(cmd.Channel, m); err != nil {
 			return n.brokerError(c, "publish failed", cmd.Channel, err)

@@ -369,10 +369,10 @@ func (r *connectResult) identity() *auth.Identity {
 	return auth.NewIdentity(r.User, r.Channels, r.Publish, r.Info, exp)
 }
 
-// publishResult is the result of a publish answer that allows: data (any
+// proxyPublishAnswer is the result of a backend publish answer that allows: data (any
 // JSON value but null) or b64data (bytes), when given, replace what the
 // client published. check sets typ and payload to what is published.
-type publishResult struct {
+type proxyPublishAnswer struct {
 	Data    json.RawMessage `json:"data"`
 	B64Data []byte          `json:"b64data"`
 
@@ -384,7 +384,7 @@ type publishResult struct {
 	max     int64
 }
 
-func (r *publishResult) check() error {
+func (r *proxyPublishAnswer) check() error {
 	var replaced []byte
 	switch {
 	case len(r.Data) > 0 && string(r.Data) != "null":
@@ -678,7 +678,7 @@ func (n *Node) allowPublish(c *conn, channel string, data json.RawMessage) (json
 	}
 	req := c.proxyRequest(channel)
 	req.Data = data
-	res := publishResult{typ: websocket.MessageText, payload: data, max: n.cfg.MaxMessageBytes}
+	res := proxyPublishAnswer{typ: websocket.MessageText, payload: data, max: n.cfg.MaxMessageBytes}
 	if perr := n.proxy.call(n.ctx, eventPublish, n.proxy.publishURL, nil, req, &res); perr != nil {
 		return nil, perr
 	}
@@ -692,7 +692,7 @@ func (n *Node) allowPublish(c *conn, channel string, data json.RawMessage) (json
 func (n *Node) proxyRawPublish(c *conn, typ websocket.MessageType, data []byte) (websocket.MessageType, []byte, error) {
 	req := c.proxyRequest(c.channel)
 	req.B64Data, req.Binary = data, typ == websocket.MessageBinary
-	res := publishResult{typ: typ, payload: data, raw: true, max: n.cfg.MaxMessageBytes}
+	res := proxyPublishAnswer{typ: typ, payload: data, raw: true, max: n.cfg.MaxMessageBytes}
 	if perr := n.proxy.call(n.ctx, eventPublish, n.proxy.publishURL, nil, req, &res); perr != nil {
 		return typ, nil, rawPublishError(perr)
 	}

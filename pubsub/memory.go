@@ -27,6 +27,10 @@ type Memory struct {
 	hist   map[string]*memHistory
 	epochs atomic.Uint64 // names epochs: unique within the process
 
+	// once records idempotency keys (idempotency.go). Lock order: once.mu,
+	// then histMu.
+	once memOnce
+
 	mu       sync.RWMutex
 	closed   bool
 	channels map[string]*memChannel

@@ -25,6 +25,8 @@ const (
 	CmdConnect = "connect"
 	// CmdRefresh replaces the connection's token before it expires.
 	CmdRefresh = "refresh"
+	// CmdHistory reads the messages of a channel's history.
+	CmdHistory = "history"
 )
 
 // Command is one command a protocol-mode client sends: one JSON object in
@@ -42,9 +44,15 @@ type Command struct {
 	Data json.RawMessage
 	// Token is the token of connect (optional) and refresh (required).
 	Token string
-	// Since is the position subscribe recovers from (optional); nil when
-	// absent.
+	// Since is the position subscribe recovers from, or history reads
+	// after (optional); nil when absent.
 	Since *Since
+	// Limit is how many messages history reads at most (optional); nil
+	// when absent.
+	Limit *int
+	// IdempotencyKey names a publish so that a retry of it is delivered
+	// once (optional; ValidIdempotencyKey); empty when absent.
+	IdempotencyKey string
 }
 
 // Since is where a subscribe with "since" recovers from: the offset of the
@@ -118,7 +126,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if i >= len(b) || b[i] != '{' {
 		return cmd, badRequest("command must be a JSON object")
 	}
-	var id, name, channel, data, token, since []byte // raw values; nil when absent
+	var id, name, channel, data, token, since, limit, idemKey []byte // raw values; nil when absent
 	for i++; i < len(b); {
 		i = skipSpace(b, i)
 		if i >= len(b) || b[i] == '}' {
@@ -148,6 +156,10 @@ func DecodeCommand(b []byte) (Command, error) {
 			token = val
 		case "since":
 			since = val
+		case "limit":
+			limit = val
+		case "idempotency_key":
+			idemKey = val
 		}
 	}
 
@@ -164,11 +176,10 @@ func DecodeCommand(b []byte) (Command, error) {
 		return cmd, badRequest(`field "cmd" must be a string`)
 	}
 	switch n := cmdName(name); n {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory:
 		cmd.Cmd = n
 	default:
-		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(n))}
+		return cmd, unknownCommand(n)
 	}
 	switch cmd.Cmd {
 	case CmdPing:
@@ -197,12 +208,19 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := ValidChannel(cmd.Channel); err != nil {
 		return cmd, &Error{Code: CodeInvalidChannel, Message: err.Error()}
 	}
-	if cmd.Cmd == CmdSubscribe && since != nil {
+	if (cmd.Cmd == CmdSubscribe || cmd.Cmd == CmdHistory) && since != nil {
 		s, err := parseSince(since)
 		if err != nil {
 			return cmd, err
 		}
 		cmd.Since = s
+	}
+	if cmd.Cmd == CmdHistory && limit != nil {
+		n, err := parseLimit(limit)
+		if err != nil {
+			return cmd, err
+		}
+		cmd.Limit = &n
 	}
 	if cmd.Cmd != CmdPublish {
 		return cmd, nil
@@ -212,6 +230,15 @@ func DecodeCommand(b []byte) (Command, error) {
 		return cmd, badRequest(`missing field "data"`)
 	}
 	cmd.Data = compact(data)
+	if idemKey != nil {
+		if idemKey[0] != '"' {
+			return cmd, badRequest(`field "idempotency_key" must be a string`)
+		}
+		cmd.IdempotencyKey = stringValue(idemKey)
+		if err := ValidIdempotencyKey(cmd.IdempotencyKey); err != nil {
+			return cmd, badRequest(err.Error())
+		}
+	}
 	return cmd, nil
 }
 
@@ -300,6 +327,10 @@ func keyName(key []byte) string {
 			return "token"
 		case "since":
 			return "since"
+		case "limit":
+			return "limit"
+		case "idempotency_key":
+			return "idempotency_key"
 		}
 		return ""
 	}
@@ -323,6 +354,8 @@ func cmdName(raw []byte) string {
 			return CmdConnect
 		case CmdRefresh:
 			return CmdRefresh
+		case CmdHistory:
+			return CmdHistory
 		}
 	}
 	return stringValue(raw)
@@ -402,7 +435,8 @@ func quoteShort(s string) string {
 
 // AppendCommand appends the JSON encoding of cmd, as a client sends it, to
 // dst: the fields id (when set), cmd, channel (when set), data (when set),
-// token (when set) and since (when set), in that order. ID and Data must be valid JSON.
+// token (when set), since (when set), limit (when set) and idempotency_key
+// (when set), in that order. ID and Data must be valid JSON.
 func AppendCommand(dst []byte, cmd Command) []byte {
 	dst = append(dst, '{')
 	if cmd.ID != nil {
@@ -430,6 +464,14 @@ func AppendCommand(dst []byte, cmd Command) []byte {
 		dst = append(dst, `,"epoch":`...)
 		dst = AppendString(dst, cmd.Since.Epoch)
 		dst = append(dst, '}')
+	}
+	if cmd.Limit != nil {
+		dst = append(dst, `,"limit":`...)
+		dst = strconv.AppendInt(dst, int64(*cmd.Limit), 10)
+	}
+	if cmd.IdempotencyKey != "" {
+		dst = append(dst, `,"idempotency_key":`...)
+		dst = AppendString(dst, cmd.IdempotencyKey)
 	}
 	return append(dst, '}')
 }

@@ -44,11 +44,10 @@ func decodeReference(b []byte) (Command, error) {
 		return cmd, err
 	}
 	switch name {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory:
 		cmd.Cmd = name
 	default:
-		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(name))}
+		return cmd, unknownCommand(name)
 	}
 	switch cmd.Cmd {
 	case CmdPing:
@@ -67,12 +66,19 @@ func decodeReference(b []byte) (Command, error) {
 	if err := ValidChannel(cmd.Channel); err != nil {
 		return cmd, &Error{Code: CodeInvalidChannel, Message: err.Error()}
 	}
-	if since, ok := fields["since"]; ok && cmd.Cmd == CmdSubscribe {
+	if since, ok := fields["since"]; ok && (cmd.Cmd == CmdSubscribe || cmd.Cmd == CmdHistory) {
 		s, err := parseSince(since)
 		if err != nil {
 			return cmd, err
 		}
 		cmd.Since = s
+	}
+	if limit, ok := fields["limit"]; ok && cmd.Cmd == CmdHistory {
+		n, err := parseLimit(limit)
+		if err != nil {
+			return cmd, err
+		}
+		cmd.Limit = &n
 	}
 	if cmd.Cmd != CmdPublish {
 		return cmd, nil
@@ -83,6 +89,14 @@ func decodeReference(b []byte) (Command, error) {
 		return cmd, badRequest(`missing field "data"`)
 	}
 	cmd.Data = compact(data)
+	if _, ok := fields["idempotency_key"]; ok {
+		if cmd.IdempotencyKey, err = stringField(fields, "idempotency_key"); err != nil {
+			return cmd, err
+		}
+		if err := ValidIdempotencyKey(cmd.IdempotencyKey); err != nil {
+			return cmd, badRequest(err.Error())
+		}
+	}
 	return cmd, nil
 }
 

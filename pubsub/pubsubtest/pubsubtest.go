@@ -43,6 +43,10 @@ func Run(t *testing.T, newBroker func(t *testing.T) pubsub.Broker) {
 		{"HistoryTrimmed", testHistoryTrimmed},
 		{"HistoryEpochChange", testHistoryEpochChange},
 		{"HistoryNewChannel", testHistoryNewChannel},
+		{"OnceDeliversOnce", testOnceDeliversOnce},
+		{"OnceHistory", testOnceHistory},
+		{"OnceConcurrent", testOnceConcurrent},
+		{"OnceExpires", testOnceExpires},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.f(t, newBroker(t)) })
@@ -499,5 +503,145 @@ func testHistoryNewChannel(t *testing.T, b pubsub.Broker) {
 	}
 	if _, err := h.PublishHistory(t.Context(), "hist:new", pubsub.Message{}, pubsub.HistoryOptions{}); err == nil {
 		t.Error("PublishHistory with zero HistoryOptions succeeded, want an error")
+	}
+}
+
+// oncer returns b as a OncePublisher, skipping t if it is none.
+func oncer(t *testing.T, b pubsub.Broker) pubsub.OncePublisher {
+	o, ok := b.(pubsub.OncePublisher)
+	if !ok {
+		t.Skipf("%T does not publish idempotently", b)
+	}
+	return o
+}
+
+var onceWindow = time.Minute
+
+// PublishOnce publishes a text message with an idempotency key, failing t
+// on error, and reports whether it was a duplicate.
+func PublishOnce(t testing.TB, o pubsub.OncePublisher, channel, payload, key string, hist *pubsub.HistoryOptions) (pubsub.Position, bool) {
+	t.Helper()
+	pos, dup, err := o.PublishOnce(t.Context(), channel, pubsub.Message{Payload: []byte(payload)}, pubsub.Once{Key: key, Window: onceWindow}, hist)
+	if err != nil {
+		t.Fatalf("PublishOnce(%q, %q, key %q) = %v", channel, payload, key, err)
+	}
+	return pos, dup
+}
+
+func testOnceDeliversOnce(t *testing.T, b pubsub.Broker) {
+	o := oncer(t, b)
+	r, other := NewRecorder(), NewRecorder()
+	Subscribe(t, b, "once:a", r.Handle)
+	Subscribe(t, b, "once:b", other.Handle)
+	steps := []struct {
+		channel, payload, key string
+		dup                   bool
+	}{
+		{"once:a", "first", "k1", false},
+		{"once:a", "retry", "k1", true},
+		{"once:a", "second", "k2", false},
+		{"once:b", "same key, other channel", "k1", false},
+		{"once:a", "retry again", "k1", true},
+	}
+	for _, s := range steps {
+		if _, dup := PublishOnce(t, o, s.channel, s.payload, s.key, nil); dup != s.dup {
+			t.Errorf("PublishOnce(%q, key %q) duplicate = %v, want %v", s.channel, s.key, dup, s.dup)
+		}
+	}
+	Publish(t, b, "once:a", "marker")
+	if got := payloads(r.WaitN(t, 3)); fmt.Sprint(got) != "[first second marker]" {
+		t.Errorf("once:a got %q, want [first second marker]", got)
+	}
+	if got := payloads(other.WaitN(t, 1)); len(got) != 1 {
+		t.Errorf("once:b got %q", got)
+	}
+	if _, _, err := o.PublishOnce(t.Context(), "once:a", pubsub.Message{}, pubsub.Once{Window: time.Minute}, nil); err == nil {
+		t.Error("PublishOnce with an empty key succeeded, want an error")
+	}
+	if _, _, err := o.PublishOnce(t.Context(), "once:a", pubsub.Message{}, pubsub.Once{Key: "k"}, nil); err == nil {
+		t.Error("PublishOnce with no window succeeded, want an error")
+	}
+}
+
+func testOnceHistory(t *testing.T, b pubsub.Broker) {
+	o := oncer(t, b)
+	h := historian(t, b)
+	r := NewRecorder()
+	Subscribe(t, b, "once:hist", r.Handle)
+	PublishHistory(t, h, "once:hist", "before", histOpts)
+	first, dup := PublishOnce(t, o, "once:hist", "first", "k", &histOpts)
+	if dup || first.Offset != 2 || first.Epoch == "" {
+		t.Fatalf("PublishOnce = %+v, duplicate %v; want offset 2, not a duplicate", first, dup)
+	}
+	again, dup := PublishOnce(t, o, "once:hist", "retry", "k", &histOpts)
+	if !dup || again != first {
+		t.Errorf("retried PublishOnce = %+v, duplicate %v; want %+v, a duplicate", again, dup, first)
+	}
+	if pos := PublishHistory(t, h, "once:hist", "after", histOpts); pos.Offset != 3 {
+		t.Errorf("PublishHistory after the retry = %+v, want offset 3", pos)
+	}
+	msgs, _, err := h.History(t.Context(), "once:hist", histOpts, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := payloads(msgs); fmt.Sprint(got) != "[before first after]" {
+		t.Errorf("history %q, want [before first after]", got)
+	}
+	if got := r.WaitN(t, 3); fmt.Sprint(payloads(got), offsets(got)) != "[before first after] [1 2 3]" {
+		t.Errorf("delivered %q at %v, want [before first after] at [1 2 3]", payloads(got), offsets(got))
+	}
+}
+
+func testOnceConcurrent(t *testing.T, b pubsub.Broker) {
+	o := oncer(t, b)
+	r := NewRecorder()
+	Subscribe(t, b, "once:race", r.Handle)
+	const n = 20
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	published := 0
+	for i := range n {
+		wg.Go(func() {
+			_, dup, err := o.PublishOnce(t.Context(), "once:race", pubsub.Message{Payload: []byte(strconv.Itoa(i))}, pubsub.Once{Key: "same", Window: time.Minute}, nil)
+			if err != nil {
+				t.Errorf("PublishOnce #%d = %v", i, err)
+				return
+			}
+			if !dup {
+				mu.Lock()
+				published++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if published != 1 {
+		t.Errorf("%d concurrent PublishOnce with one key published %d times, want 1", n, published)
+	}
+	Publish(t, b, "once:race", "marker")
+	if got := payloads(r.WaitN(t, 2)); got[1] != "marker" {
+		t.Errorf("delivered %q, want one message then the marker", got)
+	}
+}
+
+func testOnceExpires(t *testing.T, b pubsub.Broker) {
+	o := oncer(t, b)
+	once := pubsub.Once{Key: "k", Window: 50 * time.Millisecond}
+	if _, dup, err := o.PublishOnce(t.Context(), "once:exp", pubsub.Message{}, once, nil); err != nil || dup {
+		t.Fatalf("first PublishOnce = duplicate %v, %v", dup, err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		_, dup, err := o.PublishOnce(t.Context(), "once:exp", pubsub.Message{}, once, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !dup {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("key still a duplicate %v after a window of %v", wait, once.Window)
+		}
+		time.Sleep(once.Window / 5) // expiry is time's doing: no event to await
 	}
 }
