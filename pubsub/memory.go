@@ -19,13 +19,19 @@ import (
 //
 // It keeps history (Historian) in memory, for a channel as long as its TTL
 // after the last publish; an expired history is dropped at the next access
-// and the channel starts a new epoch.
+// and the channel starts a new epoch. It keeps presence (PresenceKeeper)
+// in memory too.
 type Memory struct {
 	// histMu guards hist and serialises the publishes with history, so
 	// that offsets reach handlers in order. Lock order: histMu, then mu.
 	histMu sync.Mutex
 	hist   map[string]*memHistory
 	epochs atomic.Uint64 // names epochs: unique within the process
+
+	// presMu guards pres, the presence of channels (presence_memory.go).
+	// Lock order: presMu, then mu.
+	presMu sync.Mutex
+	pres   map[string]*memPresence
 
 	mu       sync.RWMutex
 	closed   bool
