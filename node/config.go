@@ -107,6 +107,14 @@ type Config struct {
 	// Zero means 1000.
 	HistoryRecoverMax int `envconfig:"HISTORY_RECOVER_MAX" default:"1000" desc:"most messages one recovery (subscribe with since, or a node repairing a gap) delivers; further behind, recovered is false"`
 
+	// PresenceInterval is how often the node renews the presence entries
+	// of its connections, in channels whose namespace keeps presence;
+	// PresenceLease how long an entry lasts unrenewed: the entries of a
+	// node that crashed are gone at most PresenceLease after its last
+	// renewal (docs/OPERATIONS.md, "Presence in Redis").
+	PresenceInterval time.Duration `envconfig:"PRESENCE_INTERVAL" default:"10s" desc:"how often the node renews the presence of its connections (namespaces with presence: docs/AUTH.md)"`
+	PresenceLease    time.Duration `envconfig:"PRESENCE_LEASE" default:"30s" desc:"how long a presence entry lasts unless renewed: a crashed node's connections leave presence within this; more than RELAY_PRESENCE_INTERVAL"`
+
 	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
 	// a request sends one as Authorization: Bearer <key> or X-API-Key. More
 	// than one lets operators rotate keys. None means the API is off: its
@@ -182,6 +190,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HistoryRecoverMax < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_RECOVER_MAX: %d; want at least 1", c.HistoryRecoverMax))
+	}
+	if c.PresenceInterval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_INTERVAL: %v; want at least 1ms, such as 10s", c.PresenceInterval))
+	}
+	if c.PresenceLease <= c.PresenceInterval {
+		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_LEASE: %v; want more than RELAY_PRESENCE_INTERVAL (%v), such as 30s", c.PresenceLease, c.PresenceInterval))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

@@ -164,11 +164,11 @@ func DecodeCommand(b []byte) (Command, error) {
 		return cmd, badRequest(`field "cmd" must be a string`)
 	}
 	switch n := cmdName(name); n {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdPresence, CmdPresenceStats:
 		cmd.Cmd = n
 	default:
 		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(n))}
+			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect, refresh, presence and presence_stats", quoteShort(n))}
 	}
 	switch cmd.Cmd {
 	case CmdPing:
@@ -323,6 +323,10 @@ func cmdName(raw []byte) string {
 			return CmdConnect
 		case CmdRefresh:
 			return CmdRefresh
+		case CmdPresence:
+			return CmdPresence
+		case CmdPresenceStats:
+			return CmdPresenceStats
 		}
 	}
 	return stringValue(raw)

@@ -44,11 +44,11 @@ func decodeReference(b []byte) (Command, error) {
 		return cmd, err
 	}
 	switch name {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdPresence, CmdPresenceStats:
 		cmd.Cmd = name
 	default:
 		return cmd, &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect and refresh", quoteShort(name))}
+			"unknown command %s; known are subscribe, unsubscribe, publish, ping, connect, refresh, presence and presence_stats", quoteShort(name))}
 	}
 	switch cmd.Cmd {
 	case CmdPing:
