@@ -125,8 +125,14 @@ var presenceStatsScript = redis.NewScript(presencePrelude + `
 return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[3]), left}
 `)
 
-// presenceChunk bounds the scripts of one pipeline of AddPresence.
-const presenceChunk = 256
+// presenceChunk bounds the scripts of one pipeline of AddPresence, and
+// presenceScriptEntries the entries of one script: a channel with more
+// takes several, so that no script keeps Redis busy for long (a renewal
+// costs about 5 µs of Redis per entry).
+const (
+	presenceChunk         = 256
+	presenceScriptEntries = 500
+)
 
 // presenceKeys returns the keys of channel's presence: :p, :pz, :pu, :pl.
 func (b *Redis) presenceKeys(channel string) []string {
@@ -150,12 +156,19 @@ func (b *Redis) presenceCtx(ctx context.Context) (context.Context, context.Cance
 	return ctx, cancel, nil
 }
 
-// AddPresence implements PresenceKeeper: one EVALSHA per update, pipelined
-// by up to presenceChunk.
+// AddPresence implements PresenceKeeper: one EVALSHA per update (per
+// presenceScriptEntries of its entries), pipelined by up to presenceChunk.
 func (b *Redis) AddPresence(ctx context.Context, updates []PresenceUpdate) ([]PresenceChange, error) {
-	for _, u := range updates {
+	var scripts []PresenceUpdate // updates cut to presenceScriptEntries
+	var of []int                 // the update of each script
+	for i, u := range updates {
 		if err := checkPresence(u.Opts); err != nil {
 			return nil, fmt.Errorf("presence %q: %w", u.Channel, err)
+		}
+		for start := 0; start == 0 || start < len(u.Entries); start += presenceScriptEntries {
+			part := u
+			part.Entries = u.Entries[start:min(start+presenceScriptEntries, len(u.Entries))]
+			scripts, of = append(scripts, part), append(of, i)
 		}
 	}
 	ctx, cancel, err := b.presenceCtx(ctx)
@@ -163,9 +176,9 @@ func (b *Redis) AddPresence(ctx context.Context, updates []PresenceUpdate) ([]Pr
 		return nil, err
 	}
 	defer cancel()
-	changes := make([]PresenceChange, 0, len(updates))
-	for start := 0; start < len(updates); start += presenceChunk {
-		chunk := updates[start:min(start+presenceChunk, len(updates))]
+	changes := make([]PresenceChange, len(updates))
+	for start := 0; start < len(scripts); start += presenceChunk {
+		chunk := scripts[start:min(start+presenceChunk, len(scripts))]
 		cmds, err := b.addPresence(ctx, chunk)
 		if err != nil && isNoScript(err) {
 			// Redis lost its scripts (restarted): load it and try again.
@@ -182,7 +195,9 @@ func (b *Redis) AddPresence(ctx context.Context, updates []PresenceUpdate) ([]Pr
 			if err != nil {
 				return nil, fmt.Errorf("presence %q: %w", chunk[i].Channel, err)
 			}
-			changes = append(changes, ch)
+			c := &changes[of[start+i]]
+			c.Joined = append(c.Joined, ch.Joined...)
+			c.Left = append(c.Left, ch.Left...)
 		}
 	}
 	return changes, nil

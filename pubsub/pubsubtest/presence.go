@@ -219,6 +219,18 @@ func testPresenceMany(t *testing.T, b pubsub.Broker) {
 	if st, _ := presenceStats(t, p, "pres:many:599", presOpts); st != (pubsub.PresenceStats{Clients: 1, Users: 1}) {
 		t.Errorf("PresenceStats of the last channel = %+v, want 1 client, 1 user", st)
 	}
+	// And many entries of one channel, as a node with a crowded channel.
+	big := pubsub.PresenceUpdate{Channel: "pres:big", Opts: presOpts}
+	for i := range 1200 {
+		big.Entries = append(big.Entries, pubsub.PresenceEntry{Client: fmt.Sprintf("n/%d", i), User: fmt.Sprintf("u%d", i%1000)})
+	}
+	changes, err = p.AddPresence(t.Context(), []pubsub.PresenceUpdate{big})
+	if err != nil || len(changes) != 1 || len(changes[0].Joined) != 1000 {
+		t.Fatalf("AddPresence of 1200 entries of 1000 users = %d changes, %v; want 1000 joins", len(changes), err)
+	}
+	if st, _ := presenceStats(t, p, "pres:big", presOpts); st != (pubsub.PresenceStats{Clients: 1200, Users: 1000}) {
+		t.Errorf("PresenceStats of the crowded channel = %+v, want 1200 clients, 1000 users", st)
+	}
 }
 
 func testPresenceBadOptions(t *testing.T, b pubsub.Broker) {
