@@ -80,6 +80,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	if cfg.HistoryRecoverMax == 0 {
 		cfg.HistoryRecoverMax = defaultRecoverMax
 	}
+	cfg.PresenceInterval, cfg.PresenceLease = cfg.presenceInterval(), cfg.presenceLease()
 	n := &Node{
 		cfg:    cfg,
 		id:     cfg.NodeID,

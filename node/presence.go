@@ -388,8 +388,15 @@ func compactInfo(info json.RawMessage) []byte {
 	return buf.Bytes()
 }
 
+// clientInfo is the wire form of e. An info that is not JSON (the entry
+// was written by something else than a node) is left out, so that the
+// reply stays JSON.
 func clientInfo(e pubsub.PresenceEntry) protocol.ClientInfo {
-	return protocol.ClientInfo{Client: e.Client, User: e.User, Node: e.Node, Info: e.Info}
+	ci := protocol.ClientInfo{Client: e.Client, User: e.User, Node: e.Node, Info: e.Info}
+	if !json.Valid(ci.Info) {
+		ci.Info = nil
+	}
+	return ci
 }
 
 // presenceCommand runs the presence and presence_stats commands, queueing
