@@ -117,7 +117,7 @@ func parsePresenceEntry(client string, b []byte) (PresenceEntry, error) {
 		for i < len(b) && i < 10 && b[i] >= '0' && b[i] <= '9' {
 			i++
 		}
-		if i == 0 || i >= len(b) || b[i] != ':' {
+		if i == 0 || i >= len(b) || b[i] != ':' || (i > 1 && b[0] == '0') { // as written: no leading zeros
 			return "", false
 		}
 		n, err := strconv.Atoi(string(b[:i]))
