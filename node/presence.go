@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/relay-pubsub/relay/node/internal/wsout"
 	"github.com/relay-pubsub/relay/node/protocol"
@@ -53,6 +54,11 @@ type presence struct {
 	chans  map[string]*presenceChannel
 	sweeps map[string]time.Time // channels whose leave grace ends then
 	wake   chan struct{}        // buffer 1: sweeps has an earlier time
+
+	// failures counts the broker calls that failed to add, renew or remove
+	// entries: the entries are right again after the next renewal, or
+	// lapse.
+	failures prometheus.Counter
 }
 
 // presenceChannel is the node's members of one channel.
@@ -65,10 +71,30 @@ type presenceChannel struct {
 	stop  func()
 }
 
+// newPresence returns the presence of n and registers its metrics.
 func newPresence(n *Node) *presence {
 	p := &presence{n: n, chans: make(map[string]*presenceChannel), sweeps: make(map[string]time.Time), wake: make(chan struct{}, 1)}
 	p.store, _ = n.broker.(pubsub.PresenceKeeper)
+	p.failures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "relay_presence_errors_total",
+		Help: "Presence joins, renewals and leaves the broker failed (the entries lapse, or are right after the next renewal).",
+	})
+	n.metrics.reg.MustRegister(p.failures, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "relay_presence_entries",
+		Help: "Presence entries this node keeps: connection and channel pairs in channels with presence.",
+	}, p.count))
 	return p
+}
+
+// count returns the node's entries.
+func (p *presence) count() float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, pc := range p.chans {
+		n += len(pc.members)
+	}
+	return float64(n)
 }
 
 // presenceOf returns the presence options of channel, whether its
@@ -111,6 +137,7 @@ func (p *presence) join(c *conn, channel string) {
 	}
 	changes, err := p.store.AddPresence(n.ctx, []pubsub.PresenceUpdate{{Channel: channel, Entries: []pubsub.PresenceEntry{e}, Opts: opts}})
 	if err != nil {
+		p.failures.Inc()
 		n.log.Debug("presence join failed", "conn", c.id, "channel", channel, "err", err)
 		return
 	}
@@ -150,6 +177,7 @@ func (p *presence) leave(c *conn, channel string) {
 	ch, err := p.store.RemovePresence(n.ctx, channel, []string{e.Client}, opts)
 	if err != nil {
 		// The entry lapses after its lease.
+		p.failures.Inc()
 		n.log.Debug("presence leave failed", "conn", c.id, "channel", channel, "err", err)
 	} else {
 		p.announce(channel, ch)
@@ -275,6 +303,7 @@ func (p *presence) renew(ctx context.Context, sweepOnly bool) {
 	if len(updates) > 0 {
 		changes, err := p.store.AddPresence(ctx, updates)
 		if err != nil {
+			p.failures.Inc()
 			n.log.Debug("presence renewal failed", "channels", len(updates), "err", err)
 		}
 		for i, ch := range changes {

@@ -238,8 +238,14 @@ func TestPresenceMemory(t *testing.T) {
 	if got := watch.presenceStats(2, "quick:m"); got != `{"num_clients":2,"num_users":2}` {
 		t.Errorf("presence_stats = %s, want 2 clients, 2 users", got)
 	}
+	if m := testenv.Metrics(t, s.URL); m["relay_presence_entries"] != 2 || m["relay_presence_errors_total"] != 0 {
+		t.Errorf("relay_presence_entries %v, relay_presence_errors_total %v; want 2 and 0", m["relay_presence_entries"], m["relay_presence_errors_total"])
+	}
 	alice.ws.CloseNow()
 	watch.expect(`{"leave":{"channel":"quick:m","user":"alice"}}`)
+	if m := testenv.Metrics(t, s.URL); m["relay_presence_entries"] != 1 {
+		t.Errorf("relay_presence_entries after a leave = %v, want 1", m["relay_presence_entries"])
+	}
 }
 
 // TestPresenceLapses: entries that their node stops renewing (as if it
