@@ -54,6 +54,11 @@ type presence struct {
 	chans  map[string]*presenceChannel
 	sweeps map[string]time.Time // channels whose leave grace ends then
 	wake   chan struct{}        // buffer 1: sweeps has an earlier time
+	// renewing is set while a renewal's broker call is out. It may write
+	// back an entry that left meanwhile: such entries are kept in
+	// departed, by channel, and removed again after it.
+	renewing bool
+	departed map[string][]pubsub.PresenceEntry
 
 	// failures counts the broker calls that failed to add, renew or remove
 	// entries: the entries are right again after the next renewal, or
@@ -172,6 +177,9 @@ func (p *presence) leave(c *conn, channel string) {
 	if last {
 		delete(p.chans, channel)
 	}
+	if p.renewing {
+		p.departed[channel] = append(p.departed[channel], e)
+	}
 	p.mu.Unlock()
 	opts, joinLeave, _ := n.presenceOf(channel)
 	ch, err := p.store.RemovePresence(n.ctx, channel, []string{e.Client}, opts)
@@ -277,6 +285,7 @@ func (p *presence) renew(ctx context.Context, sweepOnly bool) {
 	var updates []pubsub.PresenceUpdate
 	var relisten []string
 	p.mu.Lock()
+	p.renewing, p.departed = true, make(map[string][]pubsub.PresenceEntry)
 	for ch, t := range p.sweeps {
 		if !t.After(now) {
 			delete(p.sweeps, ch)
@@ -300,21 +309,57 @@ func (p *presence) renew(ctx context.Context, sweepOnly bool) {
 		updates[i].Opts, _, _ = n.presenceOf(updates[i].Channel)
 	}
 	updates = slices.DeleteFunc(updates, func(u pubsub.PresenceUpdate) bool { return u.Opts.Lease == 0 })
+	var changes []pubsub.PresenceChange
 	if len(updates) > 0 {
-		changes, err := p.store.AddPresence(ctx, updates)
-		if err != nil {
+		var err error
+		if changes, err = p.store.AddPresence(ctx, updates); err != nil {
 			p.failures.Inc()
 			n.log.Debug("presence renewal failed", "channels", len(updates), "err", err)
 		}
-		for i, ch := range changes {
-			p.announce(updates[i].Channel, ch)
+	}
+	p.mu.Lock()
+	departed := p.departed
+	p.renewing, p.departed = false, nil
+	p.mu.Unlock()
+	for i, ch := range changes {
+		p.announce(updates[i].Channel, departedOut(ch, departed[updates[i].Channel]))
+	}
+	// What the renewal wrote back of the connections that left during it
+	// goes again; their join and leave were told already.
+	for channel, gone := range departed {
+		opts, _, _ := n.presenceOf(channel)
+		clients := make([]string, len(gone))
+		for i, e := range gone {
+			clients[i] = e.Client
 		}
+		ch, err := p.store.RemovePresence(ctx, channel, clients, opts)
+		if err != nil {
+			p.failures.Inc()
+			n.log.Debug("presence leave failed", "channel", channel, "err", err)
+			continue
+		}
+		p.announce(channel, departedOut(ch, gone))
 	}
 	for _, ch := range relisten {
 		if _, joinLeave, _ := n.presenceOf(ch); joinLeave {
 			p.relisten(ch)
 		}
 	}
+}
+
+// departedOut returns ch without the joins and leaves of the entries gone.
+func departedOut(ch pubsub.PresenceChange, gone []pubsub.PresenceEntry) pubsub.PresenceChange {
+	if len(gone) == 0 {
+		return ch
+	}
+	isGone := func(client, user string) bool {
+		return slices.ContainsFunc(gone, func(e pubsub.PresenceEntry) bool {
+			return client != "" && e.Client == client || user != "" && e.User == user
+		})
+	}
+	ch.Joined = slices.DeleteFunc(ch.Joined, func(e pubsub.PresenceEntry) bool { return isGone(e.Client, "") })
+	ch.Left = slices.DeleteFunc(ch.Left, func(l pubsub.PresenceLeave) bool { return isGone(l.Client, l.User) })
+	return ch
 }
 
 // relisten subscribes again to the pushes of channel, if the node still
