@@ -121,8 +121,10 @@ func (n *Node) serverSubscribe(c *conn, channel string) bool {
 	var push protocol.SubscribedPush
 	push.Subscribed.Channel = channel
 	if hist, opts, ok := n.historyOf(channel); ok {
+		n.presence.join(c, channel) // present before the push, as in subscribe
 		pos, _, finish, perr := n.recoverFor(c, channel, hist, opts, nil)
 		if perr != nil {
+			n.presence.leave(c, channel)
 			return false // logged by recoverFor's brokerError
 		}
 		p.subs[channel] = struct{}{}
@@ -135,6 +137,7 @@ func (n *Node) serverSubscribe(c *conn, channel string) bool {
 		return false
 	}
 	p.subs[channel] = struct{}{}
+	n.presence.join(c, channel)
 	c.out.Send(jsonFrame(push))
 	return true
 }
@@ -149,6 +152,7 @@ func (n *Node) serverUnsubscribe(c *conn, channel string) bool {
 		return false
 	}
 	delete(p.subs, channel)
+	n.presence.leave(c, channel)
 	n.hub.unsubscribe(channel, c)
 	var push protocol.UnsubscribedPush
 	push.Unsubscribed.Channel = channel

@@ -120,6 +120,14 @@ type Config struct {
 	// remembered: a retry with the same key on the same channel within it
 	// publishes nothing and is answered as a success. Zero means 5m.
 	IdempotencyWindow time.Duration `envconfig:"IDEMPOTENCY_WINDOW" default:"5m" desc:"how long a publish's idempotency_key is remembered: a retry with the same key on the same channel within it is delivered once (at least 1ms)"`
+	// PresenceInterval is how often the node renews the presence entries
+	// of its connections, in channels whose namespace keeps presence;
+	// PresenceLease how long an entry lasts unrenewed: the entries of a
+	// node that crashed are gone at most PresenceLease after its last
+	// renewal (docs/OPERATIONS.md, "Presence in Redis"). Zero means
+	// defaultPresenceInterval and defaultPresenceLease.
+	PresenceInterval time.Duration `envconfig:"PRESENCE_INTERVAL" default:"10s" desc:"how often the node renews the presence of its connections (namespaces with presence: docs/AUTH.md)"`
+	PresenceLease    time.Duration `envconfig:"PRESENCE_LEASE" default:"30s" desc:"how long a presence entry lasts unless renewed: a crashed node's connections leave presence within this; more than RELAY_PRESENCE_INTERVAL"`
 
 	// APIKeys are the keys of the HTTP API (POST /api/publish, docs/API.md);
 	// a request sends one as Authorization: Bearer <key> or X-API-Key. More
@@ -200,6 +208,11 @@ func (c *Config) Validate() error {
 	if c.HistoryRecoverMax < 0 {
 		errs = append(errs, fmt.Errorf("RELAY_HISTORY_RECOVER_MAX: %d; want at least 1", c.HistoryRecoverMax))
 	}
+	if interval := c.presenceInterval(); interval < time.Millisecond {
+		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_INTERVAL: %v; want at least 1ms, such as 10s", c.PresenceInterval))
+	} else if c.presenceLease() <= interval {
+		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_LEASE: %v; want more than RELAY_PRESENCE_INTERVAL (%v), such as 30s", c.PresenceLease, interval))
+	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {
 			errs = append(errs, errors.New("RELAY_AUTH_TOKENS: a token is empty or has spaces"))
@@ -223,6 +236,26 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateProxy()...)
 	return errors.Join(errs...)
+}
+
+// Defaults of the zero PresenceInterval and PresenceLease.
+const (
+	defaultPresenceInterval = 10 * time.Second
+	defaultPresenceLease    = 30 * time.Second
+)
+
+func (c *Config) presenceInterval() time.Duration {
+	if c.PresenceInterval == 0 {
+		return defaultPresenceInterval
+	}
+	return c.PresenceInterval
+}
+
+func (c *Config) presenceLease() time.Duration {
+	if c.PresenceLease == 0 {
+		return defaultPresenceLease
+	}
+	return c.PresenceLease
 }
 
 // DefaultNodeID returns the hostname with a random suffix, unique enough

@@ -45,6 +45,8 @@ type Node struct {
 	mux   *http.ServeMux
 	// cluster is what the node knows of the others (api_control.go).
 	cluster cluster
+	// presence keeps the node's members of channels with presence.
+	presence *presence
 
 	// ctx ends when the node has stopped; publishes and subscribes of
 	// connections use it, not the request's context.
@@ -86,6 +88,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	if cfg.HistoryRecoverMax == 0 {
 		cfg.HistoryRecoverMax = defaultRecoverMax
 	}
+	cfg.PresenceInterval, cfg.PresenceLease = cfg.presenceInterval(), cfg.presenceLease()
 	n := &Node{
 		cfg:    cfg,
 		id:     cfg.NodeID,
@@ -110,6 +113,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.hub.ctx = n.ctx
+	n.presence = newPresence(n)
 	n.routes()
 	return n, nil
 }
@@ -147,6 +151,8 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopAuth()
 	stopControl := n.runControl()
 	defer stopControl()
+	stopPresence := n.runPresence()
+	defer stopPresence()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -397,6 +403,7 @@ func (n *Node) connEnded(c *conn, err error) {
 	c.close(err)
 	c.sess.stop()
 	if c.channel != "" {
+		n.presence.leave(c, c.channel)
 		n.hub.unsubscribe(c.channel, c)
 	}
 	c.out.Wait()

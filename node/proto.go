@@ -112,6 +112,7 @@ func (n *Node) unsubscribeAll(c *conn) {
 	defer c.proto.subsMu.Unlock()
 	c.proto.ended = true
 	for ch := range c.proto.subs {
+		n.presence.leave(c, ch)
 		n.hub.unsubscribe(ch, c)
 	}
 }
@@ -197,12 +198,21 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 				Message: fmt.Sprintf("at most %d channels per connection", limit)}
 		}
 		if hist, opts, ok := n.historyOf(cmd.Channel); ok || cmd.Since != nil {
-			return n.subscribeHistory(c, cmd, hist, opts, ok)
+			// Present before the reply, which subscribeHistory queues.
+			if ok {
+				n.presence.join(c, cmd.Channel)
+			}
+			perr := n.subscribeHistory(c, cmd, hist, opts, ok)
+			if perr != nil && ok {
+				n.presence.leave(c, cmd.Channel)
+			}
+			return perr
 		}
 		if err := n.hub.subscribe(n.ctx, cmd.Channel, c, nil); err != nil {
 			return n.brokerError(c, "subscribe failed", cmd.Channel, err)
 		}
 		p.subs[cmd.Channel] = struct{}{}
+		n.presence.join(c, cmd.Channel)
 		return nil
 	case protocol.CmdHistory:
 		return n.runHistory(c, cmd)
@@ -214,8 +224,11 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 				Message: fmt.Sprintf("not subscribed to %q", cmd.Channel)}
 		}
 		delete(p.subs, cmd.Channel)
+		n.presence.leave(c, cmd.Channel)
 		n.hub.unsubscribe(cmd.Channel, c)
 		return nil
+	case protocol.CmdPresence, protocol.CmdPresenceStats:
+		return n.presenceCommand(c, cmd)
 	case protocol.CmdPublish:
 		data, perr := n.allowPublish(c, cmd.Channel, cmd.Data)
 		if perr != nil {

@@ -31,7 +31,10 @@ func (n *Node) routes() {
 	mux.HandleFunc("GET /healthz", n.serveHealth)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	mux.HandleFunc("GET /readyz/details", n.serveReadyDetails)
-	mux.Handle("/api/", newAPI(n)) // POST /api/publish[/batch], docs/API.md
+	api := newAPI(n)
+	mux.Handle("/api/", api) // POST /api/publish[/batch], docs/API.md
+	mux.Handle("/api/presence", api.presenceHandler(false))
+	mux.Handle("/api/presence_stats", api.presenceHandler(true))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
@@ -221,7 +224,9 @@ func (n *Node) serveRaw(w http.ResponseWriter, r *http.Request) {
 		n.refuse(w, http.StatusServiceUnavailable, protocol.CodeUnavailable, "the broker is unavailable, try again later")
 		return
 	}
+	n.presence.join(c, channel)
 	if !n.accept(w, r, c, n.readRaw) {
+		n.presence.leave(c, channel)
 		n.hub.unsubscribe(channel, c)
 		c.release()
 	}

@@ -19,7 +19,8 @@ import (
 //
 // It keeps history (Historian) in memory, for a channel as long as its TTL
 // after the last publish; an expired history is dropped at the next access
-// and the channel starts a new epoch.
+// and the channel starts a new epoch. It keeps presence (PresenceKeeper)
+// in memory too.
 type Memory struct {
 	// histMu guards hist and serialises the publishes with history, so
 	// that offsets reach handlers in order. Lock order: histMu, then mu.
@@ -30,6 +31,10 @@ type Memory struct {
 	// once records idempotency keys (idempotency.go). Lock order: once.mu,
 	// then histMu.
 	once memOnce
+	// presMu guards pres, the presence of channels (presence_memory.go).
+	// Lock order: presMu, then mu.
+	presMu sync.Mutex
+	pres   map[string]*memPresence
 
 	mu       sync.RWMutex
 	closed   bool

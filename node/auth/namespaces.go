@@ -30,11 +30,26 @@ type Namespace struct {
 	HistorySet  bool
 	HistorySize int
 	HistoryTTL  time.Duration
+	// Presence keeps the list of the connections subscribed to each
+	// channel (docs/PROTOCOL.md, "Presence"). Default false.
+	Presence bool
+	// JoinLeave sends join and leave pushes to the protocol-mode
+	// subscribers of each channel; it needs Presence. Default false.
+	JoinLeave bool
+	// PresenceLeaveGrace is how long a user whose last connection left a
+	// channel may come back without a leave and a join. Default
+	// DefaultPresenceLeaveGrace.
+	PresenceLeaveGrace time.Duration
 }
+
+// DefaultPresenceLeaveGrace is the presence_leave_grace of a namespace
+// that sets none: long enough for a client closed by a draining node, or
+// changing networks, to reconnect.
+const DefaultPresenceLeaveGrace = 5 * time.Second
 
 // defaultNamespace is the rule of channels without a namespace and of
 // namespaces not listed, unless the file says otherwise.
-var defaultNamespace = Namespace{ClientPublish: true}
+var defaultNamespace = Namespace{ClientPublish: true, PresenceLeaveGrace: DefaultPresenceLeaveGrace}
 
 // Namespaces are the namespace rules of a node. The zero value, and nil,
 // apply the default rules to every channel. It is immutable.
@@ -83,6 +98,9 @@ type namespaceFile struct {
 	ClientPublish      *bool          `yaml:"client_publish"`
 	HistorySize        *int           `yaml:"history_size"`
 	HistoryTTL         *time.Duration `yaml:"history_ttl"`
+	Presence           *bool          `yaml:"presence"`
+	JoinLeave          *bool          `yaml:"join_leave"`
+	PresenceLeaveGrace *time.Duration `yaml:"presence_leave_grace"`
 }
 
 func (f *namespaceFile) apply(base Namespace) Namespace {
@@ -101,6 +119,15 @@ func (f *namespaceFile) apply(base Namespace) Namespace {
 	if f.HistoryTTL != nil {
 		base.HistorySet, base.HistoryTTL = true, *f.HistoryTTL
 	}
+	if f.Presence != nil {
+		base.Presence = *f.Presence
+	}
+	if f.JoinLeave != nil {
+		base.JoinLeave = *f.JoinLeave
+	}
+	if f.PresenceLeaveGrace != nil {
+		base.PresenceLeaveGrace = *f.PresenceLeaveGrace
+	}
 	return base
 }
 
@@ -115,6 +142,9 @@ func (f *namespaceFile) apply(base Namespace) Namespace {
 //	    client_publish: false
 //	    history_size: 100   # messages; 0 = no history
 //	    history_ttl: 10m
+//	    presence: true      # who is subscribed, with join and leave pushes
+//	    join_leave: true
+//	    presence_leave_grace: 5s
 //
 // Unknown fields are errors, so that a typo does not open a namespace.
 func ReadNamespaces(path string) (*Namespaces, error) {
@@ -137,7 +167,7 @@ func ParseNamespaces(b []byte) (*Namespaces, error) {
 		return nil, err
 	}
 	ns := &Namespaces{def: f.Default.apply(defaultNamespace), set: true, byName: make(map[string]Namespace)}
-	if err := ns.def.checkHistory(); err != nil {
+	if err := ns.def.check(); err != nil {
 		return nil, fmt.Errorf("default: %w", err)
 	}
 	for name, n := range f.Namespaces {
@@ -145,11 +175,24 @@ func ParseNamespaces(b []byte) (*Namespaces, error) {
 			return nil, fmt.Errorf("namespace %q: want a name without ':', '*' or spaces", name)
 		}
 		ns.byName[name] = n.apply(ns.def)
-		if err := ns.byName[name].checkHistory(); err != nil {
+		if err := ns.byName[name].check(); err != nil {
 			return nil, fmt.Errorf("namespace %q: %w", name, err)
 		}
 	}
 	return ns, nil
+}
+
+func (n Namespace) check() error {
+	if err := n.checkHistory(); err != nil {
+		return err
+	}
+	if n.JoinLeave && !n.Presence {
+		return errors.New("join_leave: true needs presence: true")
+	}
+	if n.PresenceLeaveGrace < 0 {
+		return fmt.Errorf("presence_leave_grace %v: want 0 (leave at once) or more, such as 5s", n.PresenceLeaveGrace)
+	}
+	return nil
 }
 
 func (n Namespace) checkHistory() error {

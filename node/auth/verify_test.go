@@ -265,8 +265,13 @@ namespaces:
   feed:
     history_size: 100
     history_ttl: 10m
+  room:
+    presence: true
+    join_leave: true
+    presence_leave_grace: 2s
 `
-	json := `{"default":{"client_publish":false},"namespaces":{"chat":{"client_publish":true},"news":{"anonymous_subscribe":true},"feed":{"history_size":100,"history_ttl":"10m"}}}`
+	json := `{"default":{"client_publish":false},"namespaces":{"chat":{"client_publish":true},"news":{"anonymous_subscribe":true},"feed":{"history_size":100,"history_ttl":"10m"},` +
+		`"room":{"presence":true,"join_leave":true,"presence_leave_grace":"2s"}}}`
 	for name, text := range map[string]string{"yaml": yaml, "json": json} {
 		ns, err := auth.ParseNamespaces([]byte(text))
 		if err != nil {
@@ -278,19 +283,25 @@ namespaces:
 			"chat:1":  {ClientPublish: true},
 			"news:1":  {AnonymousSubscribe: true},
 			"feed:1":  {HistorySet: true, HistorySize: 100, HistoryTTL: 10 * time.Minute},
+			"room:1":  {Presence: true, JoinLeave: true, PresenceLeaveGrace: 2 * time.Second},
 		}
 		for ch, w := range want {
+			if w.PresenceLeaveGrace == 0 {
+				w.PresenceLeaveGrace = auth.DefaultPresenceLeaveGrace
+			}
 			if got := ns.For(ch); got != w {
 				t.Errorf("%s: For(%q) = %+v, want %+v", name, ch, got, w)
 			}
 		}
 	}
 	var none *auth.Namespaces
-	if got := none.For("x:1"); got != (auth.Namespace{ClientPublish: true}) {
+	if got := none.For("x:1"); got != (auth.Namespace{ClientPublish: true, PresenceLeaveGrace: auth.DefaultPresenceLeaveGrace}) {
 		t.Errorf("default For = %+v", got)
 	}
 	for _, bad := range []string{"namespaces:\n  chat:\n    client_publsh: true\n", "namespaces:\n  'a:b': {}\n", "default: [1]\n",
-		"namespaces:\n  feed:\n    history_size: -1\n", "default:\n  history_ttl: -1s\n", "namespaces:\n  feed:\n    history_ttl: 10\n"} {
+		"namespaces:\n  feed:\n    history_size: -1\n", "default:\n  history_ttl: -1s\n", "namespaces:\n  feed:\n    history_ttl: 10\n",
+		"namespaces:\n  room:\n    join_leave: true\n", "namespaces:\n  room:\n    presence: true\n    presence_leave_grace: -1s\n",
+		"namespaces:\n  room:\n    presence: yes please\n"} {
 		if _, err := auth.ParseNamespaces([]byte(bad)); err == nil {
 			t.Errorf("ParseNamespaces(%q) = nil error", bad)
 		}

@@ -176,7 +176,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		return cmd, badRequest(`field "cmd" must be a string`)
 	}
 	switch n := cmdName(name); n {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory, CmdPresence, CmdPresenceStats:
 		cmd.Cmd = n
 	default:
 		return cmd, unknownCommand(n)
@@ -356,6 +356,10 @@ func cmdName(raw []byte) string {
 			return CmdRefresh
 		case CmdHistory:
 			return CmdHistory
+		case CmdPresence:
+			return CmdPresence
+		case CmdPresenceStats:
+			return CmdPresenceStats
 		}
 	}
 	return stringValue(raw)

@@ -44,7 +44,7 @@ func decodeReference(b []byte) (Command, error) {
 		return cmd, err
 	}
 	switch name {
-	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory:
+	case CmdSubscribe, CmdUnsubscribe, CmdPublish, CmdPing, CmdConnect, CmdRefresh, CmdHistory, CmdPresence, CmdPresenceStats:
 		cmd.Cmd = name
 	default:
 		return cmd, unknownCommand(name)

@@ -39,5 +39,5 @@ func parseLimit(raw []byte) (int, *Error) {
 // unknownCommand is the error of a command name this version does not know.
 func unknownCommand(name string) *Error {
 	return &Error{Code: CodeUnknownCommand, Message: fmt.Sprintf(
-		"unknown command %s; known are subscribe, unsubscribe, publish, history, ping, connect and refresh", quoteShort(name))}
+		"unknown command %s; known are subscribe, unsubscribe, publish, history, presence, presence_stats, ping, connect and refresh", quoteShort(name))}
 }

@@ -47,6 +47,12 @@ func Run(t *testing.T, newBroker func(t *testing.T) pubsub.Broker) {
 		{"OnceHistory", testOnceHistory},
 		{"OnceConcurrent", testOnceConcurrent},
 		{"OnceExpires", testOnceExpires},
+		{"PresenceList", testPresenceList},
+		{"PresenceRemove", testPresenceRemove},
+		{"PresenceGrace", testPresenceGrace},
+		{"PresenceLease", testPresenceLease},
+		{"PresenceMany", testPresenceMany},
+		{"PresenceBadOptions", testPresenceBadOptions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.f(t, newBroker(t)) })
