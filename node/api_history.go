@@ -111,7 +111,7 @@ func (n *Node) historyBrokerError(channel string, err error) *historyError {
 // to the channel (by its token, or by the backend proxy when that decides
 // subscriptions).
 func (n *Node) runHistory(c *conn, cmd protocol.Command) *protocol.Error {
-	if perr := n.allowSubscribe(n.ctx, c, cmd.Channel); perr != nil {
+	if perr := n.allowSubscribe(n.ctx, c, cmd.Channel, "read the history of"); perr != nil {
 		return perr
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, apiTimeout)

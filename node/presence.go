@@ -476,7 +476,7 @@ func clientInfo(e pubsub.PresenceEntry) protocol.ClientInfo {
 // presenceCommand runs the presence and presence_stats commands, queueing
 // their reply itself.
 func (n *Node) presenceCommand(c *conn, cmd protocol.Command) *protocol.Error {
-	if perr := n.allowSubscribe(n.ctx, c, cmd.Channel); perr != nil {
+	if perr := n.allowSubscribe(n.ctx, c, cmd.Channel, "read the presence of"); perr != nil {
 		return perr
 	}
 	res, perr := n.readPresence(cmd.Channel, cmd.Cmd == protocol.CmdPresenceStats)

@@ -184,7 +184,7 @@ func (n *Node) runCommand(c *conn, cmd protocol.Command) *protocol.Error {
 	case protocol.CmdSubscribe:
 		// Asked before taking subsMu: the backend proxy may take up to
 		// its timeout, and a server-side subscribe waits for subsMu.
-		if perr := n.allowSubscribe(n.ctx, c, cmd.Channel); perr != nil {
+		if perr := n.allowSubscribe(n.ctx, c, cmd.Channel, "subscribe to"); perr != nil {
 			return perr
 		}
 		p.subsMu.Lock()

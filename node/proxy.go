@@ -589,7 +589,7 @@ func (n *Node) admitProxy(w http.ResponseWriter, r *http.Request, c *conn) bool 
 	if c.mode != modeRaw {
 		return true
 	}
-	if perr := n.allowSubscribe(r.Context(), c, c.channel); perr != nil {
+	if perr := n.allowSubscribe(r.Context(), c, c.channel, "subscribe to"); perr != nil {
 		n.refuseProxy(w, perr)
 		return false
 	}
@@ -648,8 +648,9 @@ func (n *Node) proxyConnectProto(c *conn) *protocol.Error {
 // allowSubscribe decides whether c may subscribe to channel: yes in a
 // namespace open to anonymous subscribers; otherwise the backend decides
 // when the subscribe proxy is on, else c's token. It returns the error for
-// the client.
-func (n *Node) allowSubscribe(ctx context.Context, c *conn, channel string) *protocol.Error {
+// the client, whose refusal names what (such as "read the history of"):
+// reading a channel's history or presence needs the right to subscribe.
+func (n *Node) allowSubscribe(ctx context.Context, c *conn, channel, what string) *protocol.Error {
 	if n.namespaces.For(channel).AnonymousSubscribe {
 		return nil
 	}
@@ -657,7 +658,7 @@ func (n *Node) allowSubscribe(ctx context.Context, c *conn, channel string) *pro
 		return n.proxy.call(ctx, eventSubscribe, n.proxy.subscribeURL, nil, c.proxyRequest(channel), nil)
 	}
 	if !c.sess.id.MaySubscribe(n.namespaces, channel) {
-		return forbidden("subscribe to", channel)
+		return forbidden(what, channel)
 	}
 	return nil
 }
