@@ -138,6 +138,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopAuth()
 	stopControl := n.runControl()
 	defer stopControl()
+	stopPositioning := n.runPositioning()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -154,6 +155,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	n.cancel()
+	stopPositioning()    // it may start repairs: before they are waited for
 	n.hub.repairs.Wait() // bounded by n.ctx
 	if err == nil {
 		err = <-errc

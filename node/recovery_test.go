@@ -500,6 +500,7 @@ func redisFault(t *testing.T, redis func(*pubsub.RedisConfig), wantGap bool, fau
 		withHistory(10000)(cfg)
 		cfg.ProtoCommandRate = 0
 		cfg.NamespacesFile = ns
+		cfg.HistoryCheckInterval = 50 * time.Millisecond // checks race the traffic
 	}, Redis: redis})
 	urls := []string{nodes[0].WS, nodes[1].WS}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
