@@ -33,7 +33,7 @@ func FuzzFraming(f *testing.F) {
 	f.Add([]byte{0x81, 0, 125, 1, 0, 126}, []byte("ab"))
 	f.Add([]byte{4, 0, 3, 4, 0, 4, 0, 0, 1}, []byte("xyz\x01"))
 	f.Fuzz(func(t *testing.T, spec, fill []byte) {
-		const maxFrames, maxBytes = 16, 1 << 20
+		const maxFrames, maxBytes = 16, 1 << 18
 		var frames []*Frame
 		var joinNext []bool
 		var ctrl []byte
