@@ -109,7 +109,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 func (n *Node) ID() string { return n.id }
 
 // Handler returns the node's HTTP handler.
-func (n *Node) Handler() http.Handler { return n.mux }
+func (n *Node) Handler() http.Handler { return n.limitHeaders(n.mux) }
 
 // Run listens on the configured address and serves until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
@@ -127,10 +127,10 @@ func (n *Node) Run(ctx context.Context) error {
 // deadline, closing what is left). It closes ln.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           n.mux,
+		Handler:           n.limitHeaders(n.mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    hardHeaderBytes, // maxHeaderBytes: limitHeaders
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	n.logStart(ln.Addr())
