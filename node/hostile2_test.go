@@ -367,6 +367,8 @@ func TestHeaderLimits(t *testing.T) {
 		{"5000 small headers", upgrade + strings.Repeat("\r\nX-A: b", 5000), http.StatusRequestHeaderFieldsTooLarge, true},
 		{"32 KiB URL", strings.Replace(upgrade, "/ws/good", "/ws/good?x="+strings.Repeat("a", 32<<10), 1), http.StatusRequestHeaderFieldsTooLarge, true},
 		{"100 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 100<<10), http.StatusRequestHeaderFieldsTooLarge, false},
+		// Not an upgrade: the same answer, not counted as a refused upgrade.
+		{"32 KiB header to /healthz", "GET /healthz HTTP/1.1\r\nHost: " + host + "\r\nX-Big: " + strings.Repeat("a", 32<<10), http.StatusRequestHeaderFieldsTooLarge, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -378,7 +380,9 @@ func TestHeaderLimits(t *testing.T) {
 			}
 			want := before
 			if tt.json {
-				want++
+				if strings.HasPrefix(tt.request, "GET /ws") {
+					want++
+				}
 				var body struct{ Code, Message string }
 				if err := jsonDecode(resp, &body); err != nil || body.Code != "limit_exceeded" || body.Message == "" {
 					t.Errorf("body %+v, %v; want a JSON limit_exceeded error", body, err)
