@@ -115,6 +115,10 @@ type Config struct {
 	// subscriber further behind gets recovered false instead of a flood.
 	// Zero means 1000.
 	HistoryRecoverMax int `envconfig:"HISTORY_RECOVER_MAX" default:"1000" desc:"most messages one recovery (subscribe with since, or a node repairing a gap) delivers; further behind, recovered is false"`
+	// HistoryCheckInterval is how often the node reads the latest position
+	// of every channel with history it has subscribers for (node/position.go),
+	// to repair a message it missed without a broker gap; 0 turns it off.
+	HistoryCheckInterval time.Duration `envconfig:"HISTORY_CHECK_INTERVAL" default:"10s" desc:"how often the node compares, for each channel with history it has subscribers for, the latest offset in Redis with the last it delivered, and recovers what it missed (one pipelined HMGET per channel; docs/OPERATIONS.md); 0 = off"`
 
 	// IdempotencyWindow is how long a publish's idempotency_key is
 	// remembered: a retry with the same key on the same channel within it
@@ -212,6 +216,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_INTERVAL: %v; want at least 1ms, such as 10s", c.PresenceInterval))
 	} else if c.presenceLease() <= interval {
 		errs = append(errs, fmt.Errorf("RELAY_PRESENCE_LEASE: %v; want more than RELAY_PRESENCE_INTERVAL (%v), such as 30s", c.PresenceLease, interval))
+	}
+	if c.HistoryCheckInterval < 0 || (c.HistoryCheckInterval > 0 && c.HistoryCheckInterval < 10*time.Millisecond) {
+		errs = append(errs, fmt.Errorf("RELAY_HISTORY_CHECK_INTERVAL: %v; want 0 (off) or at least 10ms, such as 10s", c.HistoryCheckInterval))
 	}
 	for _, t := range c.AuthTokens {
 		if t == "" || strings.ContainsAny(t, " \t\r\n,") {

@@ -118,7 +118,8 @@ func (hc *hubChannel) dropCaught() {
 type channelSeq struct {
 	mu        sync.Mutex
 	pos       pubsub.Position
-	repairing bool // a repair is running: it covers further gaps
+	repairing bool            // a repair is running: it covers further gaps
+	checked   pubsub.Position // the latest position the last check read (position.go)
 }
 
 // seed sets the position of a channel whose live messages have not shown
@@ -183,13 +184,23 @@ func (hc *hubChannel) repair(from pubsub.Position) {
 			hc.announce(c)
 			continue
 		}
-		if hc.recs[c] != nil {
-			continue // catching up already, from its own history read
+		r := &recovery{last: from.Offset, epoch: from.Epoch}
+		if old := hc.recs[c]; old != nil {
+			old.mu.Lock()
+			busy, last, epoch := !old.done, old.last, old.epoch
+			old.mu.Unlock()
+			if busy {
+				continue // catching up already: its finish announces a hole
+			}
+			// Finished, and no live message has passed since: it may
+			// have queued more than from, which must not come twice.
+			if epoch == from.Epoch && last > from.Offset {
+				r.last = last
+			}
 		}
 		if hc.recs == nil {
 			hc.recs = make(map[*conn]*recovery)
 		}
-		r := &recovery{last: from.Offset, epoch: from.Epoch}
 		hc.recs[c] = r
 		subs = append(subs, sub{c, r})
 	}
@@ -205,11 +216,17 @@ func (hc *hubChannel) repair(from pubsub.Position) {
 		defer cancel()
 		msgs, pos, err := hist.History(ctx, hc.name, opts, from.Offset, h.recoverMax+1)
 		recovered := err == nil && reaches(from, pos, msgs, h.recoverMax)
+
 		if !recovered {
 			msgs = nil
 		}
 		hc.seq.mu.Lock()
 		hc.seq.repairing = false
+		// Every subscriber gets up to pos, or is told: a later live
+		// message right after pos is no gap.
+		if err == nil && pos.Epoch == hc.seq.pos.Epoch && pos.Offset > hc.seq.pos.Offset {
+			hc.seq.pos = pos
+		}
 		hc.seq.mu.Unlock()
 		frames := make([]msgFrames, len(msgs))
 		for _, s := range subs {

@@ -343,31 +343,55 @@ func TestChannelLimits(t *testing.T) {
 	}
 }
 
-// TestHeaderLimits: request headers up to the limit (16 KiB, plus the 4
-// KiB net/http allows over MaxHeaderBytes) upgrade; beyond, the node
-// answers 431 and keeps serving.
+// TestHeaderLimits: a request line and headers up to the limit (16 KiB)
+// upgrade; beyond, the node answers 431 with a JSON {code, message} body,
+// counted in relay_upgrades_refused_total, and keeps serving. Past net/http's
+// own limit (64 KiB plus the 4 KiB it allows over MaxHeaderBytes) the 431
+// is net/http's, plain text, before any handler.
 func TestHeaderLimits(t *testing.T) {
 	nodes := hostileCluster(t)
 	x := newCrossNode(t, nodes)
 	host := strings.TrimPrefix(nodes[1].URL, "http://")
 	upgrade := "GET /ws/good HTTP/1.1\r\nHost: " + host + "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
+	const counter = `relay_upgrades_refused_total{status="431"}`
 	tests := []struct {
 		name    string
 		request string
 		status  int
+		json    bool // a JSON limit_exceeded body, counted
 	}{
-		{"12 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 12<<10), http.StatusSwitchingProtocols},
-		{"32 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 32<<10), http.StatusRequestHeaderFieldsTooLarge},
-		{"2000 small headers", upgrade + strings.Repeat("\r\nX-A: b", 2000), http.StatusSwitchingProtocols},
-		{"5000 small headers", upgrade + strings.Repeat("\r\nX-A: b", 5000), http.StatusRequestHeaderFieldsTooLarge},
-		{"32 KiB URL", strings.Replace(upgrade, "/ws/good", "/ws/good?x="+strings.Repeat("a", 32<<10), 1), http.StatusRequestHeaderFieldsTooLarge},
+		{"12 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 12<<10), http.StatusSwitchingProtocols, false},
+		{"2000 small headers", upgrade + strings.Repeat("\r\nX-A: b", 2000), http.StatusSwitchingProtocols, false},
+		{"16 KiB and 1 byte", upgrade + "\r\nX-Big: " + strings.Repeat("a", 16<<10-len(upgrade)-len("\r\nX-Big: \r\n\r\n")+1), http.StatusRequestHeaderFieldsTooLarge, true},
+		{"32 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 32<<10), http.StatusRequestHeaderFieldsTooLarge, true},
+		{"5000 small headers", upgrade + strings.Repeat("\r\nX-A: b", 5000), http.StatusRequestHeaderFieldsTooLarge, true},
+		{"32 KiB URL", strings.Replace(upgrade, "/ws/good", "/ws/good?x="+strings.Repeat("a", 32<<10), 1), http.StatusRequestHeaderFieldsTooLarge, true},
+		{"100 KiB header", upgrade + "\r\nX-Big: " + strings.Repeat("a", 100<<10), http.StatusRequestHeaderFieldsTooLarge, false},
+		// Not an upgrade: the same answer, not counted as a refused upgrade.
+		{"32 KiB header to /healthz", "GET /healthz HTTP/1.1\r\nHost: " + host + "\r\nX-Big: " + strings.Repeat("a", 32<<10), http.StatusRequestHeaderFieldsTooLarge, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			before := testenv.Metrics(t, nodes[1].URL)[counter]
 			resp := rawRequest(t, nodes[1].URL, tt.request)
-			resp.Body.Close()
+			defer resp.Body.Close()
 			if resp.StatusCode != tt.status {
 				t.Errorf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			want := before
+			if tt.json {
+				if strings.HasPrefix(tt.request, "GET /ws") {
+					want++
+				}
+				var body struct{ Code, Message string }
+				if err := jsonDecode(resp, &body); err != nil || body.Code != "limit_exceeded" || body.Message == "" {
+					t.Errorf("body %+v, %v; want a JSON limit_exceeded error", body, err)
+				}
+			} else if tt.status == http.StatusRequestHeaderFieldsTooLarge && !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+				t.Errorf("Content-Type %q past net/http's limit, want its text/plain", resp.Header.Get("Content-Type"))
+			}
+			if got := testenv.Metrics(t, nodes[1].URL)[counter]; got != want {
+				t.Errorf("%s = %v, want %v", counter, got, want)
 			}
 			x.stillWorks(t, "after "+tt.name)
 		})

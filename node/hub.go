@@ -36,6 +36,9 @@ type hub struct {
 	recoverMax int
 	ctx        context.Context
 	repairs    sync.WaitGroup
+	// positionRepairs counts the repairs started by a position check
+	// (position.go).
+	positionRepairs atomic.Int64
 
 	mu       sync.Mutex
 	channels map[string]*hubChannel

@@ -90,6 +90,8 @@ func newMetrics(n *Node, reg *prometheus.Registry) *metrics {
 		func() float64 { return float64(n.hub.channelCount()) }))
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "relay_subscriptions", Help: "Local subscriptions: connection and channel pairs."},
 		func() float64 { return float64(n.hub.subscriptions.Load()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "relay_history_position_repairs_total", Help: "Channels repaired because a position check (RELAY_HISTORY_CHECK_INTERVAL) found a message the node had not delivered."},
+		func() float64 { return float64(n.hub.positionRepairs.Load()) }))
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "relay_ready", Help: "1 when /readyz answers 200, else 0."},
 		func() float64 {
 			if len(n.notReady()) == 0 {

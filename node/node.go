@@ -122,7 +122,7 @@ func New(cfg Config, b pubsub.Broker, reg *prometheus.Registry, log *slog.Logger
 func (n *Node) ID() string { return n.id }
 
 // Handler returns the node's HTTP handler.
-func (n *Node) Handler() http.Handler { return n.mux }
+func (n *Node) Handler() http.Handler { return n.limitHeaders(n.mux) }
 
 // Run listens on the configured address and serves until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
@@ -140,10 +140,10 @@ func (n *Node) Run(ctx context.Context) error {
 // deadline, closing what is left). It closes ln.
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           n.mux,
+		Handler:           n.limitHeaders(n.mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    hardHeaderBytes, // maxHeaderBytes: limitHeaders
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	n.logStart(ln.Addr())
@@ -153,6 +153,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer stopControl()
 	stopPresence := n.runPresence()
 	defer stopPresence()
+	stopPositioning := n.runPositioning()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	var err error
@@ -169,6 +170,7 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	srv.Shutdown(sctx)
 	n.cancel()
+	stopPositioning()    // it may start repairs: before they are waited for
 	n.hub.repairs.Wait() // bounded by n.ctx
 	n.proxy.close()
 	if err == nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/relay-pubsub/relay/node"
 	"github.com/relay-pubsub/relay/node/nodetest"
 	"github.com/relay-pubsub/relay/node/protocol"
+	"github.com/relay-pubsub/relay/pubsub"
 )
 
 // feedClient is a protocol-mode client for goroutines other than the
@@ -90,7 +91,11 @@ type publisher struct {
 	acked   sync.Map     // N → true
 	count   atomic.Int64 // acknowledged
 	errs    atomic.Int64 // answered unavailable or unknown_outcome
-	tick    chan struct{}
+	// unavailable counts the publishes answered unavailable; failed
+	// holds the code of each publish answered an error, by N.
+	unavailable atomic.Int64
+	failed      sync.Map
+	tick        chan struct{}
 }
 
 func (p *publisher) run(ctx context.Context, url string, stop <-chan struct{}) error {
@@ -118,6 +123,10 @@ func (p *publisher) run(ctx context.Context, url string, stop <-chan struct{}) e
 				return false, fmt.Errorf("publish: %v", m.Error)
 			}
 			p.errs.Add(1)
+			if m.Error.Code == protocol.CodeUnavailable {
+				p.unavailable.Add(1)
+			}
+			p.failed.Store(n, m.Error.Code)
 			<-pace.C
 			return false, nil
 		}
@@ -439,6 +448,49 @@ func tally(t *testing.T, s *subscriber, p *publisher) (delivered, recovered, ann
 // every acknowledged message must be delivered, recovered or announced by
 // a gap notice to every subscriber.
 func TestRedisKilledNothingLostSilently(t *testing.T) {
+	redisFault(t, nil, true, func(r *testenv.Redis, nodes []*nodetest.Server, outage func()) {
+		r.Stop() // SIGKILL
+		outage()
+		r.Start()
+	})
+}
+
+// TestRedisPausedNothingLostSilently stops Redis with SIGSTOP past the
+// timeouts (every publisher answered an error, several probe rounds of
+// each node failed), then continues it (SIGCONT), with
+// the traffic of TestRedisKilledNothingLostSilently: Redis then runs what
+// was sent to it meanwhile, so publishes answered while it was stopped
+// may take effect late; every acknowledged message must be delivered,
+// recovered or announced, and none answered unavailable delivered.
+func TestRedisPausedNothingLostSilently(t *testing.T) {
+	fast := func(cfg *pubsub.RedisConfig) {
+		cfg.Timeout = 500 * time.Millisecond
+		cfg.ProbeInterval = 200 * time.Millisecond
+		cfg.ProbeTimeout = 500 * time.Millisecond
+	}
+	redisFault(t, fast, false, func(r *testenv.Redis, nodes []*nodetest.Server, outage func()) {
+		r.Pause()
+		defer r.Resume()
+		outage()
+		// Past the timeouts: several probe rounds failed on each node.
+		for _, n := range nodes {
+			testenv.WaitFor(t, 30*time.Second, "probes failing", func() bool {
+				return testenv.Metrics(t, n.URL)["relay_broker_probe_failures_total"] >= 6
+			})
+		}
+	})
+}
+
+// redisFault runs fault on the Redis of two nodes while publishers,
+// waiting for each acknowledgement, and subscribers run, on a channel
+// with history and one without, one subscriber leaving and recovering
+// with since throughout; fault calls outage once the fault is on, which
+// returns once every publisher saw it. Every acknowledged message must be
+// delivered, recovered or announced by a gap notice to every subscriber,
+// and no publish answered unavailable delivered to any. redis, when not
+// nil, changes the nodes' broker configuration; wantGap requires every
+// subscriber that stays to get a gap notice.
+func redisFault(t *testing.T, redis func(*pubsub.RedisConfig), wantGap bool, fault func(r *testenv.Redis, nodes []*nodetest.Server, outage func())) {
 	r := testenv.StartRedis(t)
 	ns := filepath.Join(t.TempDir(), "namespaces.yaml")
 	if err := os.WriteFile(ns, []byte("namespaces:\n  plain:\n    history_size: 0\n"), 0o600); err != nil {
@@ -448,7 +500,8 @@ func TestRedisKilledNothingLostSilently(t *testing.T) {
 		withHistory(10000)(cfg)
 		cfg.ProtoCommandRate = 0
 		cfg.NamespacesFile = ns
-	}})
+		cfg.HistoryCheckInterval = 50 * time.Millisecond // checks race the traffic
+	}, Redis: redis})
 	urls := []string{nodes[0].WS, nodes[1].WS}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -492,15 +545,15 @@ func TestRedisKilledNothingLostSilently(t *testing.T) {
 		})
 	}
 	waitCount(t, pubs, 100)
-	r.Stop()                 // SIGKILL
-	for _, p := range pubs { // every publisher saw the outage
-		testenv.WaitFor(t, 60*time.Second, "a publish answered unavailable", func() bool { return p.errs.Load() > 0 || ctx.Err() != nil })
-	}
 	before := make([]int64, len(pubs))
-	for i, p := range pubs {
-		before[i] = p.count.Load()
-	}
-	r.Start()
+	fault(r, nodes, func() {
+		for _, p := range pubs { // every publisher saw the outage
+			testenv.WaitFor(t, 60*time.Second, "a publish answered unavailable", func() bool { return p.errs.Load() > 0 || ctx.Err() != nil })
+		}
+		for i, p := range pubs {
+			before[i] = p.count.Load()
+		}
+	})
 	for i, p := range pubs {
 		if ctx.Err() == nil {
 			waitCount(t, []*publisher{p}, before[i]+300)
@@ -514,7 +567,7 @@ func TestRedisKilledNothingLostSilently(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var delivered, recovered, announced, silent int
+	var delivered, recovered, announced, silent, refused, unknownDelivered int
 	for _, s := range subs {
 		for _, p := range pubs {
 			if p.channel != s.channel {
@@ -525,11 +578,34 @@ func TestRedisKilledNothingLostSilently(t *testing.T) {
 				t.Logf("%s subscriber (churn %v, %d events), publisher %d: delivered %d recovered %d announced %d silent %d", s.channel, s.churn, len(s.events), p.id, d, rc, a, sl)
 			}
 			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
+			for _, e := range s.events {
+				if code, ok := p.failed.Load(e.m.N); ok && !e.gap && e.m.P == p.id {
+					if code == protocol.CodeUnavailable {
+						refused++
+					} else {
+						unknownDelivered++
+					}
+				}
+			}
 		}
 	}
-	t.Logf("acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d", delivered, recovered, announced, silent)
+	var acked, unavailable, unknown int64
+	for _, p := range pubs {
+		acked += p.count.Load()
+		unavailable += p.unavailable.Load()
+		unknown += p.errs.Load() - p.unavailable.Load()
+	}
+	t.Logf("publishes: %d acknowledged, %d unavailable, %d unknown outcome; acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d; deliveries of publishes answered unavailable %d, unknown outcome %d",
+		acked, unavailable, unknown, delivered, recovered, announced, silent, refused, unknownDelivered)
+	for _, n := range nodes {
+		m := testenv.Metrics(t, n.URL)
+		t.Logf("%s: %v probe failures, %v teardowns, %v resubscribes", n.URL, m["relay_broker_probe_failures_total"], m["relay_broker_teardowns_total"], m["relay_broker_resubscribes_total"])
+	}
 	if silent != 0 {
 		t.Errorf("%d acknowledged messages lost silently", silent)
+	}
+	if refused != 0 {
+		t.Errorf("%d deliveries of publishes answered unavailable, want none (unknown_outcome when it may take effect)", refused)
 	}
 	for _, s := range subs {
 		gaps := 0
@@ -538,7 +614,7 @@ func TestRedisKilledNothingLostSilently(t *testing.T) {
 				gaps++
 			}
 		}
-		if gaps == 0 && !s.churn {
+		if wantGap && gaps == 0 && !s.churn {
 			t.Errorf("%s subscriber on %s got no gap notice for the outage", s.channel, s.urls[0])
 		}
 	}

@@ -99,6 +99,10 @@ func TestComposeE2E(t *testing.T) {
 		pool.exchange(t, "all nodes")
 	})
 
+	// Counted traffic through every phase that follows: every
+	// acknowledged message delivered, recovered or announced.
+	finishCount := countedTraffic(t, ctx, stack, "count-"+randHex(4), 6, 3)
+
 	// The monitoring profile: Prometheus scrapes every node. Grafana is
 	// not started (no stand-in: Debian does not package it);
 	// TestComposeMonitoring checks its half of the files.
@@ -207,6 +211,14 @@ func TestComposeE2E(t *testing.T) {
 		}
 		t.Logf("clients per node: %v", pool.perNode())
 		pool.exchange(t, "all nodes after Redis came back")
+	})
+
+	phase(t, "count the traffic of the node and Redis restarts", func() {
+		x := finishCount()
+		t.Logf("counted traffic: %v", x)
+		if x.LostSilently != 0 || x.Dups != 0 || x.Disorder != 0 || x.RefusedDelivered != 0 || x.Acked == 0 {
+			t.Errorf("counted traffic: %v; want messages acknowledged, none lost silently, no duplicate, none out of order, no refused publish delivered", x)
+		}
 	})
 	t.Logf("whole test: %v", time.Since(start).Round(100*time.Millisecond))
 }
@@ -332,6 +344,7 @@ func (st *stack) env() []string {
 		"RELAY_GRAFANA_PORT=" + strconv.Itoa(st.grafPort),
 		"RELAY_IMAGE=" + appImage,
 		"RELAY_VERSION=" + appVersion,
+		"RELAY_HISTORY_SIZE=10000", // the counted traffic recovers with since
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -132,6 +133,29 @@ func (r *Redis) Stop() {
 	}
 	cmd.Process.Kill()
 	<-done
+}
+
+// Pause stops the server with SIGSTOP: it keeps its connections and its
+// listening socket (the kernel still completes new connections into its
+// backlog) but answers nothing, as a server stalled in a long command, a
+// swap storm or a frozen VM does, until Resume.
+func (r *Redis) Pause() { r.signal(syscall.SIGSTOP) }
+
+// Resume continues the server after Pause (SIGCONT): it then answers,
+// in order, everything sent to it meanwhile.
+func (r *Redis) Resume() { r.signal(syscall.SIGCONT) }
+
+func (r *Redis) signal(sig syscall.Signal) {
+	r.t.Helper()
+	r.mu.Lock()
+	cmd := r.cmd
+	r.mu.Unlock()
+	if cmd == nil {
+		r.t.Fatalf("signal %v: redis-server is not running", sig)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		r.t.Fatalf("signal %v to redis-server: %v", sig, err)
+	}
 }
 
 // NumSub returns how many subscribers Redis counts for each channel.

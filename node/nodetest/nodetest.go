@@ -119,6 +119,9 @@ type Options struct {
 	// Log, when set, is the logger of every node; otherwise nodes log
 	// nothing.
 	Log *slog.Logger
+	// Redis, when set, changes each node's Redis broker configuration
+	// (RedisConfig(redisURL)) before the broker starts.
+	Redis func(*pubsub.RedisConfig)
 }
 
 // ClusterWith is Cluster with options.
@@ -126,7 +129,11 @@ func ClusterWith(t testing.TB, redisURL string, n int, o Options) []*Server {
 	t.Helper()
 	var nodes []*Server
 	for i := range n {
-		b, err := pubsubtest.RunRedis(t, RedisConfig(redisURL), nil)
+		rcfg := RedisConfig(redisURL)
+		if o.Redis != nil {
+			o.Redis(&rcfg)
+		}
+		b, err := pubsubtest.RunRedis(t, rcfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
