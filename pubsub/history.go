@@ -1,9 +1,10 @@
 package pubsub
 
-// History in Redis: a channel that keeps history has two keys in one hash
-// slot (the channel is the hash tag, so that the scripts also run on Redis
-// Cluster): {Prefix}{<channel>}:h, a hash with the epoch ("e") and the last
-// offset ("o"), and {Prefix}{<channel>}:s, a stream whose entry IDs are the
+// History in Redis: a channel that keeps history has two keys in the hash
+// slot of its Redis channel {Prefix}<channel> (the hash tag is the part of
+// that name Redis Cluster hashes, so that the publish script may SPUBLISH
+// to it on Redis Cluster): {{Prefix}<channel>}:h, a hash with the epoch
+// ("e") and the last offset ("o"), and {{Prefix}<channel>}:s, a stream whose entry IDs are the
 // offsets (<offset>-0), so that reading from an offset is one XRANGE. Both
 // expire TTL after the last publish. A missing hash (expired, flushed, or
 // lost in a failover) starts a new epoch, whose name the caller supplies:
@@ -39,7 +40,22 @@ redis.call('PUBLISH', ARGV[1], '\255RLH' .. string.char(#id) .. id .. string.cha
 return {o, e}
 `
 
-var publishScript = redis.NewScript(publishSrc)
+// spublishSrc is publishSrc with SPUBLISH, for Redis Cluster.
+var spublishSrc = strings.Replace(publishSrc, "'PUBLISH'", "'SPUBLISH'", 1)
+
+var (
+	publishScript  = redis.NewScript(publishSrc)
+	spublishScript = redis.NewScript(spublishSrc)
+)
+
+// publishWith returns the publish script of the broker's mode and its
+// source.
+func (b *Redis) publishWith() (*redis.Script, string) {
+	if b.cluster != nil {
+		return spublishScript, spublishSrc
+	}
+	return publishScript, publishSrc
+}
 
 // historyScript reads the position and the entries from an offset. KEYS:
 // hash, stream. ARGV: first offset, limit, TTL in milliseconds, epoch to
@@ -60,9 +76,12 @@ end
 return {e, o, r}
 `)
 
-// historyKeys returns the keys of channel's history: hash, stream.
+// historyKeys returns the keys of channel's history: hash, stream. Their
+// hash tag is the part of the Redis channel's name that Redis Cluster
+// hashes, so that they share its slot; it holds no "}" (channel names have
+// none, and RedisConfig.Validate refuses a prefix that would put one in).
 func (b *Redis) historyKeys(channel string) []string {
-	base := b.cfg.Prefix + "{" + channel + "}:"
+	base := "{" + hashPart(b.cfg.Prefix+channel) + "}:"
 	return []string{base + "h", base + "s"}
 }
 

@@ -25,6 +25,7 @@ type Redis struct {
 	bin  string
 	dir  string
 	port int
+	args []string // more arguments of redis-server
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -38,7 +39,12 @@ func StartRedis(t testing.TB) *Redis {
 	if err != nil {
 		t.Fatal(redisHint)
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir()}
+	return startRedis(t, bin)
+}
+
+func startRedis(t testing.TB, bin string, args ...string) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), args: args}
 	var lastErr error
 	for range 5 { // a free port may be taken before redis binds it
 		r.port = FreePort(t)
@@ -74,10 +80,11 @@ func (r *Redis) Start() {
 }
 
 func (r *Redis) start() error {
-	cmd := exec.Command(r.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--logfile", "", "--loglevel", "notice")
+		"--logfile", "", "--loglevel", "notice"}, r.args...)
+	cmd := exec.Command(r.bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
