@@ -58,12 +58,12 @@ type clusterState struct {
 	mu     sync.Mutex
 	slots  [numSlots]string // master address of each slot; "" for none
 	byAddr map[string]*shard
-	order  []*shard            // byAddr's shards, in the order they came
-	route  map[string]*shard   // the shard carrying each channel with handlers
-	hints  map[int]string      // slot → master, from MOVED, for the next map
-	err    error               // why the last slot map could not be read
-	next   int                 // index of the next shard
-	known  bool                // a slot map was read
+	order  []*shard          // byAddr's shards, in the order they came
+	route  map[string]*shard // the shard carrying each channel with handlers
+	hints  map[int]string    // slot → master, from MOVED, for the next map
+	err    error             // why the last slot map could not be read
+	next   int               // index of the next shard
+	known  bool              // a slot map was read
 }
 
 // validateCluster checks ClusterAddrs, and the exclusion of URL.

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"strconv"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -129,9 +129,9 @@ type Redis struct {
 	// standalone Redis.
 	cluster *clusterState
 	shards  []*shard // standalone: the fixed subscriber connections
-	pipes  []*pipeline
-	nonce  string        // tells this broker's probes from any other's
-	epochs atomic.Uint64 // names new epochs of history (history.go)
+	pipes   []*pipeline
+	nonce   string        // tells this broker's probes from any other's
+	epochs  atomic.Uint64 // names new epochs of history (history.go)
 
 	// probeBack wakes the prober when a probe came back.
 	probeBack chan struct{}

@@ -65,7 +65,7 @@ type shard struct {
 	// next connection; psProbe is the one of the live connection.
 	probeChan, psProbe string
 	ps                 *redis.PubSub // the live connection; nil when there is none
-	state shardState
+	state              shardState
 	// cause is why the broker closed ps itself, nil if it did not.
 	cause error
 	torn  bool // cause is a probe failure
@@ -97,9 +97,9 @@ type shard struct {
 	// confirmations Redis owes for those run wrote, so that one Redis
 	// sends by itself (the slot moved away) is told apart; displaced holds
 	// the channels so unsubscribed, for the topology goroutine to move.
-	unsubOwed map[string]int
-	displaced map[string]struct{}
-	connectedAt     time.Time
+	unsubOwed   map[string]int
+	displaced   map[string]struct{}
+	connectedAt time.Time
 
 	hmu      sync.Mutex
 	status   string // why the shard is not live; "" when it is
