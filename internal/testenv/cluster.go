@@ -179,7 +179,9 @@ func (r *Redis) CommandCalls(t testing.TB, cmd string) int64 {
 // from clients (total_net_input_bytes), from INFO.
 func (r *Redis) CommandStats(t testing.TB, cmd string) (calls, inputBytes int64) {
 	t.Helper()
-	info, err := r.Client(t).Info(context.Background(), "commandstats", "stats").Result()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats", "stats").Result()
 	if err != nil {
 		t.Fatalf("INFO: %v", err)
 	}
@@ -199,7 +201,9 @@ func (r *Redis) CommandStats(t testing.TB, cmd string) (calls, inputBytes int64)
 // ShardNumSub returns PUBSUB SHARDNUMSUB of channels on the node.
 func (r *Redis) ShardNumSub(t testing.TB, channels ...string) map[string]int64 {
 	t.Helper()
-	n, err := r.Client(t).PubSubShardNumSub(context.Background(), channels...).Result()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer c.Close()
+	n, err := c.PubSubShardNumSub(context.Background(), channels...).Result()
 	if err != nil {
 		t.Fatalf("PUBSUB SHARDNUMSUB: %v", err)
 	}
