@@ -53,7 +53,7 @@ func onCluster(t *testing.T, c *testenv.Cluster, n int, probeInterval time.Durat
 // traffic only, as INFO commandstats (SPUBLISH calls) and PUBSUB
 // SHARDNUMSUB on each master show.
 func TestClusterShardedDelivery(t *testing.T) {
-	c := testenv.StartCluster(t, 3)
+	c := testenv.StartCluster(t, 3, 0)
 	// No probe during the test: SPUBLISH calls are the clients' alone.
 	nodes, _ := onCluster(t, c, 2, time.Hour, nil)
 	const channels, each = 50, 20
@@ -156,7 +156,7 @@ func TestClusterShardedDelivery(t *testing.T) {
 // acknowledged message is delivered, recovered from history, or announced
 // by a gap notice, never lost silently.
 func TestClusterSlotMigration(t *testing.T) {
-	c := testenv.StartCluster(t, 3)
+	c := testenv.StartCluster(t, 3, 0)
 	ns := filepath.Join(t.TempDir(), "namespaces.yaml")
 	if err := os.WriteFile(ns, []byte("namespaces:\n  plain:\n    history_size: 0\n"), 0o600); err != nil {
 		t.Fatal(err)

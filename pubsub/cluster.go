@@ -330,6 +330,12 @@ func (b *Redis) reconcile(slots *[numSlots]string) {
 		slots[s] = addr
 	}
 	clear(cl.hints)
+	if cl.known && cl.slots != *slots {
+		// The ClusterClient of publishes learns a moved slot from a MOVED
+		// answer, but nothing tells it of a failover: its publishes to the
+		// dead master would fail until it reloads.
+		b.client.(*redis.ClusterClient).ReloadState(b.ctx)
+	}
 	cl.slots, cl.err = *slots, nil
 	owners := make(map[string]bool)
 	for _, a := range cl.slots {

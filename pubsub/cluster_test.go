@@ -2,6 +2,7 @@ package pubsub_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -19,14 +20,14 @@ func clusterConfig(c *testenv.Cluster) pubsub.RedisConfig {
 // TestRedisCluster runs the conformance suite on a three-master Redis
 // Cluster, with sharded pub/sub.
 func TestRedisCluster(t *testing.T) {
-	c := testenv.StartCluster(t, 3)
+	c := testenv.StartCluster(t, 3, 0)
 	pubsubtest.Run(t, func(t *testing.T) pubsub.Broker { return newRedis(t, clusterConfig(c)) })
 }
 
 // TestRedisClusterPlainSPublish: a plain SPUBLISH {prefix}{channel} from
 // any Redis client reaches the subscribers, as PUBLISH does standalone.
 func TestRedisClusterPlainSPublish(t *testing.T) {
-	c := testenv.StartCluster(t, 3)
+	c := testenv.StartCluster(t, 3, 0)
 	b := newRedis(t, clusterConfig(c))
 	for i := range 6 { // channels on every master, very likely
 		ch := fmt.Sprintf("plain%d", i)
@@ -78,5 +79,93 @@ func TestRedisClusterConfigErrors(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("Validate(prefix %q) = %v, want nil", ok, err)
 		}
+	}
+}
+
+// TestRedisClusterMasterRestart kills one master and starts it again: the
+// broker reports that shard unavailable meanwhile, publishes to its slots
+// are answered ErrUnavailable, its channels get a gap event and are
+// subscribed again, and the other masters' channels are untouched.
+func TestRedisClusterMasterRestart(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	b := newRedis(t, probing(clusterConfig(c)))
+	recs := map[string]*pubsubtest.Recorder{}
+	byMaster := make([][]string, len(c.Nodes))
+	for i := 0; len(byMaster[0]) == 0 || len(byMaster[1]) == 0; i++ {
+		ch := fmt.Sprintf("m%d", i)
+		recs[ch] = pubsubtest.NewRecorder()
+		pubsubtest.Subscribe(t, b, ch, recs[ch].Handle)
+		o := c.Owner(t, pubsub.Slot("relay:"+ch))
+		byMaster[o] = append(byMaster[o], ch)
+	}
+	testenv.WaitFor(t, 20*time.Second, "healthy", func() bool { return b.Health() == nil })
+	c.Nodes[0].Stop()
+	down := byMaster[0][0]
+	if err := b.Publish(context.Background(), down, pubsub.Message{Payload: []byte("lost")}); !errors.Is(err, pubsub.ErrUnavailable) {
+		t.Errorf("Publish to a channel of the dead master = %v, want ErrUnavailable", err)
+	}
+	testenv.WaitFor(t, 20*time.Second, "unhealthy with a master down", func() bool { return b.Health() != nil })
+	if err := b.Health(); !strings.Contains(err.Error(), c.Nodes[0].Addr()) {
+		t.Errorf("Health() = %v, want it to name the master %s", err, c.Nodes[0].Addr())
+	}
+	c.Nodes[0].Start()
+	c.WaitOK(t)
+	testenv.WaitFor(t, 20*time.Second, "healthy again", func() bool { return b.Health() == nil })
+	for _, ch := range byMaster[0] {
+		if recs[ch].Gaps() == 0 {
+			t.Errorf("%s, on the restarted master, got no gap event", ch)
+		}
+	}
+	for _, ch := range byMaster[1] {
+		if recs[ch].Gaps() != 0 {
+			t.Errorf("%s, on a master that stayed up, got %d gap events", ch, recs[ch].Gaps())
+		}
+	}
+	for ch, rec := range recs {
+		pubsubtest.Publish(t, b, ch, "after")
+		if got := string(rec.WaitN(t, 1)[0].Payload); got != "after" {
+			t.Errorf("%s received %q, want after", ch, got)
+		}
+	}
+}
+
+// TestRedisClusterFailover kills a master (SIGKILL) of a cluster with one
+// replica per master: once the replica is promoted, the broker moves the
+// dead master's channels to it with a gap event, retires the dead
+// master's subscriber connection, is healthy again, and delivers.
+func TestRedisClusterFailover(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 1)
+	b := newRedis(t, probing(clusterConfig(c)))
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "failover", rec.Handle)
+	other := pubsubtest.NewRecorder()
+	slot := pubsub.Slot("relay:failover")
+	dead := c.Owner(t, slot)
+	var kept string // a channel of another master
+	for i := 0; kept == ""; i++ {
+		if ch := fmt.Sprintf("kept%d", i); c.Owner(t, pubsub.Slot("relay:"+ch)) != dead {
+			kept = ch
+		}
+	}
+	pubsubtest.Subscribe(t, b, kept, other.Handle)
+	testenv.WaitFor(t, 20*time.Second, "healthy", func() bool { return b.Health() == nil })
+	c.Nodes[dead].Stop()
+	testenv.WaitFor(t, 30*time.Second, "a replica promoted", func() bool {
+		o := c.Owner(t, slot)
+		return o >= 0 && o != dead
+	})
+	testenv.WaitFor(t, 20*time.Second, "healthy after the failover", func() bool { return b.Health() == nil })
+	if got := rec.Gaps(); got != 1 {
+		t.Errorf("channel of the dead master got %d gap events, want 1", got)
+	}
+	if got := other.Gaps(); got != 0 {
+		t.Errorf("channel of another master got %d gap events, want 0", got)
+	}
+	if s := b.Stats(); s.Moves != 1 {
+		t.Errorf("Stats().Moves = %d, want 1", s.Moves)
+	}
+	pubsubtest.Publish(t, b, "failover", "after")
+	if got := string(rec.WaitN(t, 1)[0].Payload); got != "after" {
+		t.Errorf("received %q after the failover, want after", got)
 	}
 }

@@ -11,20 +11,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Cluster is a private Redis Cluster of masters without replicas, each a
-// redis-server with --cluster-enabled yes on a loopback port, its 16384
-// hash slots spread evenly by redis-cli --cluster create. It is stopped at
+// Cluster is a private Redis Cluster, each node a redis-server with
+// --cluster-enabled yes on a loopback port, the 16384 hash slots spread
+// evenly over the masters by redis-cli --cluster create. It is stopped at
 // the end of the test.
 type Cluster struct {
-	// Nodes are the masters, in the order of their slot ranges.
+	// Nodes are the masters, in the order of their slot ranges, then the
+	// replicas, which redis-cli assigned to masters as it chose.
 	Nodes []*Redis
 	ids   []string
 }
 
 // StartCluster starts a Redis Cluster of n masters (at least 3, the least
-// redis-cli creates) and waits until every node reports cluster_state:ok,
-// or fails t with an install hint.
-func StartCluster(t testing.TB, n int) *Cluster {
+// redis-cli creates), each with replicas replicas, and waits until every
+// node reports cluster_state:ok, or fails t with an install hint.
+func StartCluster(t testing.TB, n, replicas int) *Cluster {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -36,13 +37,17 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	}
 	c := &Cluster{}
 	args := []string{"create"}
-	for range n {
+	for range n * (1 + replicas) {
 		r := startRedis(t, bin, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "2000")
+			"--cluster-node-timeout", "1000",
+			// A replica may take over however long ago it last heard
+			// from its master: tests kill masters at any moment.
+			"--cluster-replica-validity-factor", "0")
 		c.Nodes = append(c.Nodes, r)
 		args = append(args, r.Addr())
 	}
-	out, err := exec.Command(cli, append([]string{"--cluster"}, append(args, "--cluster-yes")...)...).CombinedOutput()
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	out, err := exec.Command(cli, append([]string{"--cluster"}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -111,10 +116,20 @@ func sameSlots(a, b []redis.ClusterSlot) bool {
 	return true
 }
 
-// Owner returns the index in Nodes of the master that owns slot.
+// Owner returns the index in Nodes of the master that owns slot, as the
+// first node that answers sees it; -1 if no master does.
 func (c *Cluster) Owner(t testing.TB, slot int) int {
 	t.Helper()
-	slots, err := c.Nodes[0].Client(t).ClusterSlots(context.Background()).Result()
+	var slots []redis.ClusterSlot
+	var err error
+	for _, r := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+		slots, err = cl.ClusterSlots(context.Background()).Result()
+		cl.Close()
+		if err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatalf("CLUSTER SLOTS: %v", err)
 	}
@@ -127,7 +142,6 @@ func (c *Cluster) Owner(t testing.TB, slot int) int {
 			}
 		}
 	}
-	t.Fatalf("slot %d has no master", slot)
 	return -1
 }
 
