@@ -185,31 +185,7 @@ func (c *Cluster) MoveSlot(t testing.TB, slot, from, to int) {
 // command name such as spublish), from INFO commandstats.
 func (r *Redis) CommandCalls(t testing.TB, cmd string) int64 {
 	t.Helper()
-	calls, _ := r.CommandStats(t, cmd)
-	return calls
-}
-
-// CommandStats returns the calls of cmd and the node's total bytes read
-// from clients (total_net_input_bytes), from INFO.
-func (r *Redis) CommandStats(t testing.TB, cmd string) (calls, inputBytes int64) {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
-	defer c.Close()
-	info, err := c.Info(context.Background(), "commandstats", "stats").Result()
-	if err != nil {
-		t.Fatalf("INFO: %v", err)
-	}
-	for line := range strings.SplitSeq(info, "\n") {
-		line = strings.TrimSpace(line)
-		if rest, ok := strings.CutPrefix(line, "cmdstat_"+cmd+":calls="); ok {
-			n, _, _ := strings.Cut(rest, ",")
-			calls, _ = strconv.ParseInt(n, 10, 64)
-		}
-		if rest, ok := strings.CutPrefix(line, "total_net_input_bytes:"); ok {
-			inputBytes, _ = strconv.ParseInt(rest, 10, 64)
-		}
-	}
-	return calls, inputBytes
+	return r.Traffic(t, cmd).Calls[cmd]
 }
 
 // ShardNumSub returns PUBSUB SHARDNUMSUB of channels on the node.
@@ -222,4 +198,59 @@ func (r *Redis) ShardNumSub(t testing.TB, channels ...string) map[string]int64 {
 		t.Fatalf("PUBSUB SHARDNUMSUB: %v", err)
 	}
 	return n
+}
+
+// Traffic is what one Redis node handled, from INFO and CLUSTER INFO.
+type Traffic struct {
+	// Calls counts the runs of each command asked of Traffic.
+	Calls map[string]int64
+	// In and Out are the bytes read from and written to clients.
+	In, Out int64
+	// BusPublishes counts publishes other masters sent over the cluster
+	// bus (cluster_stats_messages_publish_received): each classic PUBLISH
+	// in a cluster reaches every node so.
+	BusPublishes int64
+}
+
+// Traffic returns what the node handled since it started.
+func (r *Redis) Traffic(t testing.TB, commands ...string) Traffic {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats", "stats").Result()
+	if err != nil {
+		t.Fatalf("INFO: %v", err)
+	}
+	cinfo, err := c.ClusterInfo(context.Background()).Result()
+	if err != nil {
+		t.Fatalf("CLUSTER INFO: %v", err)
+	}
+	tr := Traffic{Calls: make(map[string]int64)}
+	field := func(line, name string) (int64, bool) {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok {
+			return 0, false
+		}
+		rest, _, _ = strings.Cut(rest, ",")
+		n, _ := strconv.ParseInt(rest, 10, 64)
+		return n, true
+	}
+	for line := range strings.SplitSeq(info+"\n"+cinfo, "\n") {
+		line = strings.TrimSpace(line)
+		for _, cmd := range commands {
+			if n, ok := field(line, "cmdstat_"+cmd+":calls="); ok {
+				tr.Calls[cmd] = n
+			}
+		}
+		if n, ok := field(line, "total_net_input_bytes:"); ok {
+			tr.In = n
+		}
+		if n, ok := field(line, "total_net_output_bytes:"); ok {
+			tr.Out = n
+		}
+		if n, ok := field(line, "cluster_stats_messages_publish_received:"); ok {
+			tr.BusPublishes = n
+		}
+	}
+	return tr
 }
