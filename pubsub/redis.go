@@ -29,10 +29,12 @@ type RedisConfig struct {
 	// node. The broker then uses sharded pub/sub (cluster.go).
 	ClusterAddrs string `envconfig:"REDIS_CLUSTER_ADDRS" desc:"Redis Cluster seed nodes, comma-separated host:port or redis://[user:password@]host:port (rediss:// for TLS; credentials and TLS of the first seed apply to all); uses sharded pub/sub (SPUBLISH); excludes RELAY_REDIS_URL"`
 	// Prefix is put before every channel name to form the Redis channel.
-	Prefix string `envconfig:"CHANNEL_PREFIX" default:"relay:" desc:"prefix of the Redis channel of every Relay channel (PUBLISH {prefix}{channel})"`
+	Prefix string `envconfig:"CHANNEL_PREFIX" default:"relay:" desc:"prefix of the Redis channel of every Relay channel (PUBLISH {prefix}{channel}; SPUBLISH on a Redis Cluster)"`
 	// Subscribers is the number of dedicated Redis connections that carry
-	// the node's subscriptions; channels are spread over them by hash.
-	Subscribers int `envconfig:"REDIS_SUBSCRIBERS" default:"2" desc:"Redis connections that carry this node's channel subscriptions (1-64)"`
+	// the node's subscriptions; channels are spread over them by hash. In
+	// cluster mode it is not used: one connection per master carries the
+	// channels of that master's slots.
+	Subscribers int `envconfig:"REDIS_SUBSCRIBERS" default:"2" desc:"Redis connections that carry this node's channel subscriptions (1-64); on a Redis Cluster, one per master instead"`
 	// Pipelines is the number of Redis connections that send publishes;
 	// each sends whatever is pending as one pipeline.
 	Pipelines int `envconfig:"REDIS_PIPELINES" default:"2" desc:"Redis connections that send publishes, each pipelining all that is pending (1-64)"`

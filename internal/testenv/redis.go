@@ -60,6 +60,9 @@ func startRedis(t testing.TB, bin string, args ...string) *Redis {
 // Addr is the server's host:port.
 func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
 
+// Port is the server's port.
+func (r *Redis) Port() int { return r.port }
+
 // URL is the server's redis:// URL.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
 
