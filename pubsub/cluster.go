@@ -300,6 +300,10 @@ func (b *Redis) readSlots() (*[numSlots]string, error) {
 	var errs []error
 	for _, c := range clients {
 		ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+		// CLUSTER SLOTS gives each master's address as clients reach it,
+		// TLS or not, as go-redis's ClusterClient reads it too; CLUSTER
+		// SHARDS would leave the choice of port to us.
+		//lint:ignore SA1019 see above
 		ranges, err := c.ClusterSlots(ctx).Result()
 		cancel()
 		if err != nil {
@@ -324,6 +328,12 @@ func (b *Redis) readSlots() (*[numSlots]string, error) {
 // slots, and the hints that came since it was read.
 func (b *Redis) reconcile(slots *[numSlots]string) {
 	cl := b.cluster
+	var closing []*redis.PubSub // closed after cl.mu: see Redis.stop
+	defer func() {
+		for _, ps := range closing {
+			ps.Close()
+		}
+	}()
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	for s, addr := range cl.hints {
@@ -353,7 +363,9 @@ func (b *Redis) reconcile(slots *[numSlots]string) {
 			continue
 		}
 		if p := sh.wantedProbe(); p == "" || cl.slots[slotOf(p)] != sh.addr {
-			sh.setProbe(b.probeChannel(sh))
+			if ps := sh.setProbe(b.probeChannel(sh)); ps != nil {
+				closing = append(closing, ps)
+			}
 		}
 	}
 	for ch, from := range cl.route {
@@ -364,12 +376,19 @@ func (b *Redis) reconcile(slots *[numSlots]string) {
 	}
 	kept := cl.order[:0]
 	for _, sh := range cl.order {
-		if owners[sh.addr] || !sh.retire() {
+		retired, ps := false, (*redis.PubSub)(nil)
+		if !owners[sh.addr] {
+			retired, ps = sh.retire()
+		}
+		if !retired {
 			kept = append(kept, sh)
 			continue
 		}
+		if ps != nil {
+			closing = append(closing, ps)
+		}
 		delete(cl.byAddr, sh.addr)
-		b.log.Info("redis cluster shard retired", "shard", sh.addr)
+		sh.log.Info("redis cluster master's subscriber connection retired")
 	}
 	clear(cl.order[len(kept):])
 	cl.order = kept
@@ -391,13 +410,14 @@ func (b *Redis) startShard(addr string) bool {
 	sh := newShard(b, cl.next)
 	cl.next++
 	sh.addr = addr
+	sh.log = b.log.With("master", addr)
 	sh.node = cl.client(addr)
 	sh.quit = make(chan struct{})
 	sh.probeChan = b.probeChannel(sh)
 	cl.byAddr[addr] = sh
 	cl.order = append(cl.order, sh)
 	b.wg.Go(sh.run)
-	b.log.Info("redis cluster shard opened", "shard", addr)
+	sh.log.Info("redis cluster master's subscriber connection opened")
 	return true
 }
 
@@ -548,7 +568,7 @@ func (sh *shard) redirected(rerr redis.Error) bool {
 		sh.displaced[ch] = struct{}{}
 	}
 	sh.mu.Unlock()
-	sh.b.log.Debug("redis cluster redirect", "shard", sh.addr, "slot", slot, "to", f[2])
+	sh.log.Debug("redis cluster redirect", "slot", slot, "to", f[2])
 	sh.b.hint(slot, f[2])
 	return true
 }
@@ -640,20 +660,16 @@ func (sh *shard) putIn(channel string, rc *redisChan) (gap bool) {
 }
 
 // retire stops the shard if it carries no channel, and reports whether it
-// did; its goroutine then returns and closes the master's client.
-func (sh *shard) retire() bool {
+// did, with its connection for the caller to close; its goroutine then
+// returns and closes the master's client.
+func (sh *shard) retire() (bool, *redis.PubSub) {
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	if len(sh.chans) > 0 {
-		sh.mu.Unlock()
-		return false
+		return false, nil
 	}
 	close(sh.quit)
-	ps := sh.ps
-	sh.mu.Unlock()
-	if ps != nil {
-		ps.Close() // outside mu: see Redis.stop
-	}
-	return true
+	return true, sh.ps
 }
 
 // wantedProbe returns the probe channel of the shard's next connection.
@@ -663,16 +679,19 @@ func (sh *shard) wantedProbe() string {
 	return sh.probeChan
 }
 
-// setProbe gives the shard the probe channel p and replaces its
-// connection, whose probe's slot moved away, to subscribe it.
-func (sh *shard) setProbe(p string) {
+// setProbe gives the shard the probe channel p, and returns its
+// connection, whose probe's slot moved away, for the caller to close so
+// that the next one subscribes p.
+func (sh *shard) setProbe(p string) *redis.PubSub {
 	sh.mu.Lock()
+	defer sh.mu.Unlock()
 	sh.probeChan = p
-	ps := sh.ps
-	sh.mu.Unlock()
-	if ps != nil {
-		sh.breakConn(ps, errors.New("the probe channel's hash slot moved"), false)
+	if sh.ps == nil || !sh.up() {
+		return nil
 	}
+	sh.cause, sh.torn = errors.New("the probe channel's hash slot moved"), false
+	sh.setStatus("closed: "+sh.cause.Error(), nil)
+	return sh.ps
 }
 
 // Slot returns the Redis Cluster hash slot of a key or shard channel name

@@ -169,3 +169,29 @@ func TestRedisClusterFailover(t *testing.T) {
 		t.Errorf("received %q after the failover, want after", got)
 	}
 }
+
+// TestRedisClusterHistoryPrefixes: with prefixes that hold braces, the
+// history keys still share the slot of the Redis channel the publish
+// script SPUBLISHes to (Redis Cluster refuses a script that reaches
+// another slot), and the message is delivered with its offset.
+func TestRedisClusterHistoryPrefixes(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	opts := pubsub.HistoryOptions{Size: 10, TTL: time.Minute}
+	for _, prefix := range []string{"relay:", "{relay}:", "{relay:", "re}{lay}:"} {
+		cfg := clusterConfig(c)
+		cfg.Prefix = prefix
+		b := newRedis(t, cfg)
+		for _, ch := range []string{"a", "ns:b", "c.d@e"} {
+			rec := pubsubtest.NewRecorder()
+			pubsubtest.Subscribe(t, b, ch, rec.Handle)
+			pos := pubsubtest.PublishHistory(t, b, ch, "x", opts)
+			if m := rec.WaitN(t, 1)[0]; m.Offset != pos.Offset || string(m.Payload) != "x" {
+				t.Errorf("prefix %q channel %q: delivered %+v, want x at offset %d", prefix, ch, m, pos.Offset)
+			}
+			msgs, _, err := b.History(t.Context(), ch, opts, 0, 10)
+			if err != nil || len(msgs) != 1 {
+				t.Errorf("prefix %q channel %q: History = %d messages, %v; want 1", prefix, ch, len(msgs), err)
+			}
+		}
+	}
+}

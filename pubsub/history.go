@@ -1,10 +1,10 @@
 package pubsub
 
 // History in Redis: a channel that keeps history has two keys in the hash
-// slot of its Redis channel {Prefix}<channel> (the hash tag is the part of
-// that name Redis Cluster hashes, so that the publish script may SPUBLISH
-// to it on Redis Cluster): {{Prefix}<channel>}:h, a hash with the epoch
-// ("e") and the last offset ("o"), and {{Prefix}<channel>}:s, a stream whose entry IDs are the
+// slot of its Redis channel {Prefix}<channel>, so that the publish script
+// may SPUBLISH to it on Redis Cluster (see historyKeys):
+// {{Prefix}<channel>}:h, a hash with the epoch ("e") and the last offset
+// ("o"), and {{Prefix}<channel>}:s, a stream whose entry IDs are the
 // offsets (<offset>-0), so that reading from an offset is one XRANGE. Both
 // expire TTL after the last publish. A missing hash (expired, flushed, or
 // lost in a failover) starts a new epoch, whose name the caller supplies:
@@ -76,12 +76,19 @@ end
 return {e, o, r}
 `)
 
-// historyKeys returns the keys of channel's history: hash, stream. Their
-// hash tag is the part of the Redis channel's name that Redis Cluster
-// hashes, so that they share its slot; it holds no "}" (channel names have
-// none, and RedisConfig.Validate refuses a prefix that would put one in).
+// historyKeys returns the keys of channel's history: hash, stream. They
+// hash to the slot of the Redis channel {Prefix}<channel>: they are that
+// name behind a hash tag of it, {{Prefix}<channel>}:, or, when the name
+// holds a hash tag of its own (a prefix such as {relay}:), the name itself,
+// whose tag then comes first. RedisConfig.Validate refuses, in cluster
+// mode, a prefix with a "}" that would end the first kind early (channel
+// names have no braces).
 func (b *Redis) historyKeys(channel string) []string {
-	base := "{" + hashPart(b.cfg.Prefix+channel) + "}:"
+	full := b.cfg.Prefix + channel
+	base := "{" + full + "}:"
+	if hashPart(full) != full {
+		base = full + ":"
+	}
 	return []string{base + "h", base + "s"}
 }
 

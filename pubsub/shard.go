@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ import (
 type shard struct {
 	b   *Redis
 	idx int
+	log *slog.Logger // the broker's; in cluster mode with the master's address
 	// Cluster mode (cluster.go): the master this shard subscribes on, a
 	// client of it, and quit, closed when the shard is retired. Empty,
 	// nil and nil for a standalone Redis.
@@ -130,6 +132,7 @@ func newShard(b *Redis, idx int) *shard {
 	return &shard{
 		b:         b,
 		idx:       idx,
+		log:       b.log,
 		unsubOwed: make(map[string]int),
 		displaced: make(map[string]struct{}),
 		wake:      make(chan struct{}, 1),
@@ -374,7 +377,7 @@ func (sh *shard) breakConn(ps *redis.PubSub, cause error, torn bool) bool {
 func (sh *shard) run() {
 	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
 	backoff := minBackoff
-	log := sh.b.log
+	log := sh.log
 	opened := false // a connection was open before: the next is a reconnect
 	outage := false // the current outage is logged
 	if sh.node != nil {
@@ -620,13 +623,13 @@ func (sh *shard) receive(ps *redis.PubSub, reconnect, outage bool) (live bool, e
 
 func (sh *shard) wentLive(gapped int, reconnect, outage bool) {
 	if outage {
-		sh.b.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", gapped)
+		sh.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", gapped)
 	}
 	if !reconnect || gapped == 0 {
 		return
 	}
 	sh.b.stats.resubscribes.Add(1)
-	sh.b.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", gapped)
+	sh.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", gapped)
 }
 
 // confirm counts a subscribe confirmation of the Redis channel full. It
