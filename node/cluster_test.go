@@ -19,8 +19,9 @@ import (
 )
 
 // onCluster starts n nodes named node-1 … node-n on the Redis Cluster c,
-// each with its own broker in cluster mode (cmd/relay's defaults but
-// probeInterval), and returns them with their brokers.
+// each with its own broker in cluster mode (cmd/relay's defaults but its
+// probeInterval and a longer Timeout), and returns them with their
+// brokers.
 func onCluster(t *testing.T, c *testenv.Cluster, n int, probeInterval time.Duration, configure func(*node.Config)) ([]*nodetest.Server, []*pubsub.Redis) {
 	t.Helper()
 	var nodes []*nodetest.Server
@@ -29,6 +30,8 @@ func onCluster(t *testing.T, c *testenv.Cluster, n int, probeInterval time.Durat
 		rcfg := nodetest.RedisConfig("")
 		rcfg.ClusterAddrs = c.Addrs()
 		rcfg.ProbeInterval = probeInterval
+		// A failure bound: see clusterConfig in pubsub/cluster_test.go.
+		rcfg.Timeout = 10 * time.Second
 		rcfg.Instance = fmt.Sprintf("node-%d", i+1)
 		b, err := pubsubtest.RunRedis(t, rcfg, nil)
 		if err != nil {

@@ -13,8 +13,12 @@ import (
 	"github.com/relay-pubsub/relay/pubsub/pubsubtest"
 )
 
+// clusterConfig is the broker configuration of the tests on c. Its
+// Timeout is a failure bound: a Subscribe waits for the first slot map,
+// then for its master's connection, which on a machine running many
+// tests under -race can take more than cmd/relay's 3 s.
 func clusterConfig(c *testenv.Cluster) pubsub.RedisConfig {
-	return pubsub.RedisConfig{ClusterAddrs: c.Addrs(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 3 * time.Second}
+	return pubsub.RedisConfig{ClusterAddrs: c.Addrs(), Prefix: "relay:", Subscribers: 2, Pipelines: 2, Timeout: 10 * time.Second}
 }
 
 // TestRedisCluster runs the conformance suite on a three-master Redis

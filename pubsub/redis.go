@@ -96,11 +96,13 @@ const probePrefix = "__relay_probe:"
 
 var errReserved = errors.New("channel name reserved for the broker's probes (" + probePrefix + "...)")
 
-// Redis is a Broker that relays through Redis PUBLISH and SUBSCRIBE.
+// Redis is a Broker that relays through Redis PUBLISH and SUBSCRIBE, or on
+// a Redis Cluster through SPUBLISH and SSUBSCRIBE (cluster.go).
 //
 // A node holds one Redis subscription per channel with local interest,
 // reference-counted over all handlers of that channel, on one of a fixed
-// number of subscriber connections (shards). Publishes from many goroutines
+// number of subscriber connections (shards), or in cluster mode on the
+// connection to the master of the channel's hash slot. Publishes from many goroutines
 // are pipelined over a few connections.
 //
 // Run starts the broker's goroutines: one per subscriber connection
@@ -193,8 +195,8 @@ type redisCounters struct {
 	publishErrors, pipelines, published, moves         atomic.Uint64
 }
 
-// NewRedis validates cfg and returns a broker for the Redis at cfg.URL. It
-// does not wait for Redis: a broker made while Redis is down answers
+// NewRedis validates cfg and returns a broker for the Redis at cfg.URL, or
+// for the Redis Cluster of cfg.ClusterAddrs. It does not wait for Redis: a broker made while Redis is down answers
 // ErrUnavailable until Redis is back.
 func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {

@@ -17,10 +17,15 @@ package pubsub
 //     under mu and wake run; they never touch the connection.
 //   - the prober and stop (Close, or the end of Run) close the connection
 //     to make its receiver return, outside every lock of the shard.
+//   - in cluster mode (cluster.go) a shard is the connection to one master;
+//     the topology goroutine moves channels, handlers and all, from one
+//     shard to another (takeOut, putIn) and retires a shard, and receive
+//     hands it what Redis says of moved slots (redirected, unsubscribed).
 //
 // Locks, each held for memory only: never across a network read or write,
 // nor while a handler runs.
 //
+//   - clusterState.mu (cluster mode) is taken before shard.mu, never after.
 //   - shard.mu guards the shard's state: the connection, the channels with
 //     handlers and what the connection was told about them.
 //   - shard.hmu guards what Health reads, so that Health never waits on mu.

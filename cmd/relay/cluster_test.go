@@ -19,7 +19,8 @@ import (
 // WebSocket client.
 func TestClusterPlainSPublish(t *testing.T) {
 	c := testenv.StartCluster(t, 3, 0)
-	n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_CLUSTER_ADDRS="+c.Nodes[1].Addr())
+	// RELAY_REDIS_TIMEOUT: a failure bound for a loaded test machine.
+	n := testenv.StartRelay(t, "RELAY_ADDR=127.0.0.1:0", "RELAY_REDIS_CLUSTER_ADDRS="+c.Nodes[1].Addr(), "RELAY_REDIS_TIMEOUT=10s")
 	ws := nodetest.Dial(t, "ws://"+n.Addr+"/ws/lobby", nil)
 	owner := c.Nodes[c.Owner(t, pubsub.Slot("relay:lobby"))]
 	// The raw subscription has no acknowledgement: ask the master.
