@@ -199,3 +199,53 @@ func TestRedisClusterHistoryPrefixes(t *testing.T) {
 		}
 	}
 }
+
+// TestSlot: Slot agrees with CLUSTER KEYSLOT, hash tags included.
+func TestSlot(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	rc := c.Nodes[0].Client(t)
+	for _, name := range []string{"", "a", "relay:lobby", "{relay}:lobby", "{relay:lobby}:h", "{}x", "x{}y{z}",
+		"{{a}}", "a}b{c", "{", "}", "relay:__relay_probe:node-1:0:7", "ns:b.c@d/e=f"} {
+		want, err := rc.ClusterKeySlot(t.Context(), name).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pubsub.Slot(name); int64(got) != want {
+			t.Errorf("Slot(%q) = %d, want %d (CLUSTER KEYSLOT)", name, got, want)
+		}
+	}
+}
+
+// TestRedisClusterProbeSlotMoved moves the slot of a master's probe
+// channel to another master: the broker names that master a new probe
+// channel in a slot it still owns, and is healthy and delivers again.
+func TestRedisClusterProbeSlotMoved(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	cfg := probing(clusterConfig(c))
+	cfg.Instance = "probed"
+	b := newRedis(t, cfg)
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "watched", rec.Handle)
+	testenv.WaitFor(t, 20*time.Second, "healthy", func() bool { return b.Health() == nil })
+	probes := func(i int) []string {
+		chans, err := c.Nodes[i].Client(t).PubSubShardChannels(t.Context(), "relay:__relay_probe:probed:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chans
+	}
+	first := probes(0)
+	if len(first) != 1 {
+		t.Fatalf("master 0 carries probe channels %q, want one", first)
+	}
+	c.MoveSlot(t, pubsub.Slot(first[0]), 0, 1)
+	testenv.WaitFor(t, 20*time.Second, "a new probe channel on master 0", func() bool {
+		p := probes(0)
+		return len(p) == 1 && p[0] != first[0] && c.Owner(t, pubsub.Slot(p[0])) == 0
+	})
+	testenv.WaitFor(t, 20*time.Second, "healthy again", func() bool { return b.Health() == nil })
+	pubsubtest.Publish(t, b, "watched", "after")
+	if got := string(rec.WaitN(t, 1)[0].Payload); got != "after" {
+		t.Errorf("received %q, want after", got)
+	}
+}
