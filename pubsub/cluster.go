@@ -540,13 +540,15 @@ func (cl *clusterState) closeSeeds() {
 	}
 }
 
-// redirected takes a MOVED or ASK answer to an SSUBSCRIBE (or
-// SUNSUBSCRIBE) of the shard: the shard's channels of that slot are
-// displaced, and the slot's new master hinted to the topology goroutine.
-// It reports false for any other error, which ends the connection.
+// redirected takes a MOVED answer to an SSUBSCRIBE (or SUNSUBSCRIBE) of
+// the shard: the shard's channels of that slot are displaced, and the
+// slot's new master hinted to the topology goroutine. It reports false for
+// any other error, which ends the connection. (A slot being migrated
+// answers no ASK to shard channel commands: its old master serves them
+// until the slot is handed over.)
 func (sh *shard) redirected(rerr redis.Error) bool {
 	f := strings.Fields(rerr.Error())
-	if len(f) != 3 || (f[0] != "MOVED" && f[0] != "ASK") {
+	if len(f) != 3 || f[0] != "MOVED" {
 		return false
 	}
 	slot, err := strconv.Atoi(f[1])

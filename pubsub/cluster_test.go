@@ -249,3 +249,36 @@ func TestRedisClusterProbeSlotMoved(t *testing.T) {
 		t.Errorf("received %q, want after", got)
 	}
 }
+
+// TestRedisClusterSlotMoved moves a subscribed channel's slot with no
+// periodic read of the slot map (ProbeInterval of an hour): the
+// SUNSUBSCRIBE the old master sends makes the broker subscribe the channel
+// on the new one, with one gap event.
+func TestRedisClusterSlotMoved(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	cfg := clusterConfig(c)
+	cfg.ProbeInterval = time.Hour
+	b := newRedis(t, cfg)
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "moving", rec.Handle)
+	pubsubtest.Publish(t, b, "moving", "before")
+	rec.WaitN(t, 1)
+	slot := pubsub.Slot("relay:moving")
+	from := c.Owner(t, slot)
+	to := (from + 1) % len(c.Nodes)
+	c.MoveSlot(t, slot, from, to)
+	testenv.WaitFor(t, 20*time.Second, "subscribed on the new master", func() bool {
+		return c.Nodes[to].ShardNumSub(t, "relay:moving")["relay:moving"] == 1
+	})
+	testenv.WaitFor(t, 20*time.Second, "the gap event", func() bool { return rec.Gaps() == 1 })
+	if n := c.Nodes[from].ShardNumSub(t, "relay:moving")["relay:moving"]; n != 0 {
+		t.Errorf("old master counts %d subscribers, want 0", n)
+	}
+	if s := b.Stats(); s.Moves != 1 {
+		t.Errorf("Stats().Moves = %d, want 1", s.Moves)
+	}
+	pubsubtest.Publish(t, b, "moving", "after")
+	if got := rec.WaitN(t, 2); string(got[1].Payload) != "after" {
+		t.Errorf("received %q after the move, want after", got[1].Payload)
+	}
+}
