@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -280,5 +281,37 @@ func TestRedisClusterSlotMoved(t *testing.T) {
 	pubsubtest.Publish(t, b, "moving", "after")
 	if got := rec.WaitN(t, 2); string(got[1].Payload) != "after" {
 		t.Errorf("received %q after the move, want after", got[1].Payload)
+	}
+}
+
+// TestRedisClusterSubscribeMoved subscribes a channel whose slot moved
+// since the broker read the slot map: the old master answers MOVED, and
+// the broker subscribes it on the new one before Subscribe returns.
+func TestRedisClusterSubscribeMoved(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	cfg := clusterConfig(c)
+	cfg.ProbeInterval = time.Hour // no read of the map but on demand
+	var logs lockedBuffer
+	b := newRedisLog(t, cfg, slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	warm := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "warm", warm.Handle) // the map is read
+	slot := pubsub.Slot("relay:late")
+	from := c.Owner(t, slot)
+	to := (from + 1) % len(c.Nodes)
+	c.MoveSlot(t, slot, from, to)
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, "late", rec.Handle)
+	if n := c.Nodes[to].ShardNumSub(t, "relay:late")["relay:late"]; n != 1 {
+		t.Errorf("new master counts %d subscribers once Subscribe returned, want 1", n)
+	}
+	pubsubtest.Publish(t, b, "late", "hello")
+	if got := string(rec.WaitN(t, 1)[0].Payload); got != "hello" {
+		t.Errorf("received %q, want hello", got)
+	}
+	if g := rec.Gaps(); g != 0 {
+		t.Errorf("%d gap events for a channel that was never live elsewhere, want 0", g)
+	}
+	if want := fmt.Sprintf(`"msg":"redis cluster redirect","master":%q,"slot":%d,"to":%q`, c.Nodes[from].Addr(), slot, c.Nodes[to].Addr()); !strings.Contains(logs.String(), want) {
+		t.Errorf("logs lack %s:\n%s", want, logs.String())
 	}
 }
