@@ -39,10 +39,10 @@ func TestPositionRepair(t *testing.T) {
 
 	// Offsets 2 and 3 go into the stream only.
 	for _, o := range []string{"2", "3"} {
-		if err := rc.XAdd(ctx, &redis.XAddArgs{Stream: "relay:{pos}:s", ID: o + "-0", Values: []string{"d", o}}).Err(); err != nil {
+		if err := rc.XAdd(ctx, &redis.XAddArgs{Stream: "{relay:pos}:s", ID: o + "-0", Values: []string{"d", o}}).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if err := rc.HIncrBy(ctx, "relay:{pos}:h", "o", 1).Err(); err != nil {
+		if err := rc.HIncrBy(ctx, "{relay:pos}:h", "o", 1).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -64,10 +64,10 @@ func TestPositionRepair(t *testing.T) {
 
 	// A new epoch (the stream lost and started again), of which no
 	// message reached the node.
-	if err := rc.Del(ctx, "relay:{pos}:s").Err(); err != nil {
+	if err := rc.Del(ctx, "{relay:pos}:s").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := rc.HSet(ctx, "relay:{pos}:h", "e", "elsewhere", "o", 1).Err(); err != nil {
+	if err := rc.HSet(ctx, "{relay:pos}:h", "e", "elsewhere", "o", 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	sub.expect(`{"gap":{"channel":"pos"}}`)

@@ -11,7 +11,9 @@
 // of its own counters. Its files follow its parts: redis.go the type and the
 // Broker methods, pipeline.go the publish path (publishers send their own
 // round trips), shard.go a subscriber connection and its ownership and lock
-// order, probe.go the probes that prove a subscriber connection delivers.
+// order, probe.go the probes that prove a subscriber connection delivers,
+// cluster.go Redis Cluster with sharded pub/sub (SPUBLISH and SSUBSCRIBE,
+// one subscriber connection per master, following the slot map).
 //
 // Channels may keep history ([Historian]): each message then carries an
 // offset in its channel's epoch, and a subscriber that missed messages reads

@@ -1,9 +1,10 @@
 package pubsub
 
-// History in Redis: a channel that keeps history has two keys in one hash
-// slot (the channel is the hash tag, so that the scripts also run on Redis
-// Cluster): {Prefix}{<channel>}:h, a hash with the epoch ("e") and the last
-// offset ("o"), and {Prefix}{<channel>}:s, a stream whose entry IDs are the
+// History in Redis: a channel that keeps history has two keys in the hash
+// slot of its Redis channel {Prefix}<channel>, so that the publish script
+// may SPUBLISH to it on Redis Cluster (see historyKeys):
+// {{Prefix}<channel>}:h, a hash with the epoch ("e") and the last offset
+// ("o"), and {{Prefix}<channel>}:s, a stream whose entry IDs are the
 // offsets (<offset>-0), so that reading from an offset is one XRANGE. Both
 // expire TTL after the last publish. A missing hash (expired, flushed, or
 // lost in a failover) starts a new epoch, whose name the caller supplies:
@@ -39,7 +40,22 @@ redis.call('PUBLISH', ARGV[1], '\255RLH' .. string.char(#id) .. id .. string.cha
 return {o, e}
 `
 
-var publishScript = redis.NewScript(publishSrc)
+// spublishSrc is publishSrc with SPUBLISH, for Redis Cluster.
+var spublishSrc = strings.Replace(publishSrc, "'PUBLISH'", "'SPUBLISH'", 1)
+
+var (
+	publishScript  = redis.NewScript(publishSrc)
+	spublishScript = redis.NewScript(spublishSrc)
+)
+
+// publishWith returns the publish script of the broker's mode and its
+// source.
+func (b *Redis) publishWith() (*redis.Script, string) {
+	if b.cluster != nil {
+		return spublishScript, spublishSrc
+	}
+	return publishScript, publishSrc
+}
 
 // historyScript reads the position and the entries from an offset. KEYS:
 // hash, stream. ARGV: first offset, limit, TTL in milliseconds, epoch to
@@ -60,10 +76,28 @@ end
 return {e, o, r}
 `)
 
-// historyKeys returns the keys of channel's history: hash, stream.
+// historyKeys returns the keys of channel's history: hash, stream. They
+// hash to the slot of the Redis channel {Prefix}<channel>: they are that
+// name behind a hash tag of it, {{Prefix}<channel>}:, or, when the name
+// holds a hash tag of its own (a prefix such as {relay}:), the name itself,
+// whose tag then comes first. RedisConfig.Validate refuses, in cluster
+// mode, a prefix with a "}" that would end the first kind early (channel
+// names have no braces).
 func (b *Redis) historyKeys(channel string) []string {
-	base := b.cfg.Prefix + "{" + channel + "}:"
+	base := b.keyBase(channel)
 	return []string{base + "h", base + "s"}
+}
+
+// keyBase starts the name of every key of channel (history, presence,
+// idempotency keys), so that they are all in the hash slot of its Redis
+// channel: "{<prefix><channel>}:", or "<prefix><channel>:" when that name
+// holds a hash tag of its own.
+func (b *Redis) keyBase(channel string) string {
+	full := b.cfg.Prefix + channel
+	if hashPart(full) != full {
+		return full + ":"
+	}
+	return "{" + full + "}:"
 }
 
 // newEpoch names an epoch that no other call of any broker names.

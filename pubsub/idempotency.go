@@ -61,31 +61,48 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 `
 
-var onceScript = redis.NewScript(onceSrc)
-
-// onceHistoryScript runs the history publish script (publishSrc, unchanged)
-// unless the key exists, and records its position in the key. KEYS: hash,
-// stream, idempotency key. ARGV: those of publishSrc, then the window in
-// milliseconds. It returns {offset, epoch}, or {-1, "<offset>:<epoch>"} for
-// a duplicate.
-var onceHistoryScript = redis.NewScript(`
+// onceHistorySrc runs the history publish script pub (publishSrc or
+// spublishSrc, unchanged) unless the key exists, and records its position
+// in the key. KEYS: hash, stream, idempotency key. ARGV: those of
+// publishSrc, then the window in milliseconds. It returns {offset, epoch},
+// or {-1, "<offset>:<epoch>"} for a duplicate.
+func onceHistorySrc(pub string) string {
+	return `
 local d = redis.call('GET', KEYS[3])
 if d then
   return {-1, d}
 end
 local r = (function()
-` + publishSrc + `
+` + pub + `
 end)()
 redis.call('SET', KEYS[3], r[1] .. ':' .. r[2], 'PX', ARGV[6])
 return r
-`)
+`
+}
 
-// onceKey is the Redis key of an idempotency key of channel: the base of
-// the channel's history keys (historyKeys) with "i:<key>", so that it is
-// in their hash slot and one script may use them all on Redis Cluster.
+// The scripts of idempotent publishes, with PUBLISH and, for Redis Cluster,
+// SPUBLISH.
+var (
+	onceScript         = redis.NewScript(onceSrc)
+	sonceScript        = redis.NewScript(strings.Replace(onceSrc, "'PUBLISH'", "'SPUBLISH'", 1))
+	onceHistoryScript  = redis.NewScript(onceHistorySrc(publishSrc))
+	sonceHistoryScript = redis.NewScript(onceHistorySrc(spublishSrc))
+)
+
+// onceWith returns the idempotent publish scripts of the broker's mode:
+// without and with history.
+func (b *Redis) onceWith() (plain, hist *redis.Script) {
+	if b.cluster != nil {
+		return sonceScript, sonceHistoryScript
+	}
+	return onceScript, onceHistoryScript
+}
+
+// onceKey is the Redis key of an idempotency key of channel, in the hash
+// slot of its history keys (keyBase), so that one script may use them all
+// on Redis Cluster.
 func (b *Redis) onceKey(channel, key string) string {
-	hash := b.historyKeys(channel)[0]
-	return hash[:len(hash)-len("h")] + "i:" + key
+	return b.keyBase(channel) + "i:" + key
 }
 
 // PublishOnce implements OncePublisher with one script run. Idempotent
@@ -115,16 +132,17 @@ func (b *Redis) PublishOnce(ctx context.Context, channel string, m Message, once
 	var pos Position
 	var dup bool
 	var err error
+	plain, histScript := b.onceWith()
 	if hist == nil {
 		var v int64
-		v, err = onceScript.Run(ctx, b.client, []string{b.onceKey(channel, once.Key)},
+		v, err = plain.Run(ctx, b.client, []string{b.onceKey(channel, once.Key)},
 			b.cfg.Prefix+channel, data, window).Int64()
 		dup = v == 0
 	} else {
 		h := histReq{keys: b.historyKeys(channel), size: hist.Size, ttl: hist.TTL.Milliseconds(), epoch: b.newEpoch()}
 		keys := append(h.keys, b.onceKey(channel, once.Key))
 		var v any
-		if v, err = onceHistoryScript.Run(ctx, b.client, keys, b.cfg.Prefix+channel, data, h.size, h.ttl, h.epoch, window).Result(); err == nil {
+		if v, err = histScript.Run(ctx, b.client, keys, b.cfg.Prefix+channel, data, h.size, h.ttl, h.epoch, window).Result(); err == nil {
 			pos, dup, err = parseOnceHistory(v)
 		}
 	}

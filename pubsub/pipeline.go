@@ -220,11 +220,20 @@ func (b *Redis) roundTrip(batch []*pubReq) {
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	pipe := b.client.Pipeline()
 	hist := false
+	script, _ := b.publishWith()
 	for _, r := range batch {
-		if r.hist != nil {
+		switch {
+		case b.cluster != nil && r.hist != nil:
 			hist = true
-			pipe.EvalSha(ctx, publishScript.Hash(), r.hist.keys, r.hist.args(r)...)
-		} else {
+			pipe.Process(ctx, noRetry{evalCmd(ctx, "evalsha", script.Hash(), r)})
+		case b.cluster != nil:
+			c := redis.NewIntCmd(ctx, "spublish", r.channel, r.data)
+			c.SetFirstKeyPos(1)
+			pipe.Process(ctx, noRetry{c})
+		case r.hist != nil:
+			hist = true
+			pipe.EvalSha(ctx, script.Hash(), r.hist.keys, r.hist.args(r)...)
+		default:
 			pipe.Publish(ctx, r.channel, r.data)
 		}
 	}
@@ -262,6 +271,20 @@ func (b *Redis) roundTrip(batch []*pubReq) {
 	b.pubMu.Unlock()
 }
 
+// evalCmd returns the EVAL or EVALSHA (name) of the publish script (script:
+// its source or hash) for r.
+func evalCmd(ctx context.Context, name, script string, r *pubReq) *redis.Cmd {
+	args := make([]any, 0, 3+len(r.hist.keys)+5)
+	args = append(args, name, script, len(r.hist.keys))
+	for _, k := range r.hist.keys {
+		args = append(args, k)
+	}
+	args = append(args, r.hist.args(r)...)
+	c := redis.NewCmd(ctx, args...)
+	c.SetFirstKeyPos(3)
+	return c
+}
+
 // evalUnknown runs again with EVAL, in one more round trip and in order, the
 // publishes with history that Redis refused with NOSCRIPT (a Redis that
 // restarted, or was flushed with SCRIPT FLUSH, forgot the script), and parses
@@ -277,10 +300,16 @@ func (b *Redis) evalUnknown(ctx context.Context, batch []*pubReq, cmds []redis.C
 		}
 	}
 	if len(again) > 0 {
+		_, src := b.publishWith()
 		pipe := b.client.Pipeline()
 		for _, i := range again {
-			r := batch[i]
-			cmds[i] = pipe.Eval(ctx, publishSrc, r.hist.keys, r.hist.args(r)...)
+			c := evalCmd(ctx, "eval", src, batch[i])
+			if b.cluster != nil {
+				pipe.Process(ctx, noRetry{c})
+			} else {
+				pipe.Process(ctx, c)
+			}
+			cmds[i] = c
 		}
 		pipe.Exec(ctx) // each command carries its own error
 	}
@@ -288,7 +317,12 @@ func (b *Redis) evalUnknown(ctx context.Context, batch []*pubReq, cmds []redis.C
 		if r.hist == nil || i >= len(cmds) || cmds[i].Err() != nil {
 			continue
 		}
-		if err := r.hist.parse(cmds[i].(*redis.Cmd).Val()); err != nil {
+		c, ok := unwrap(cmds[i]).(*redis.Cmd)
+		if !ok {
+			cmds[i].SetErr(fmt.Errorf("publish script: answer of type %T", cmds[i]))
+			continue
+		}
+		if err := r.hist.parse(c.Val()); err != nil {
 			cmds[i].SetErr(err)
 		}
 	}

@@ -35,7 +35,7 @@ func TestRedisPositions(t *testing.T) {
 	if _, pos, err := b.History(ctx, "pos:a", opts, 0, 0); err != nil || pos != want {
 		t.Errorf("History position = %+v, %v; want %+v", pos, err, want)
 	}
-	if n := r.Client(t).Exists(ctx, "relay:{pos:none}:h").Val(); n != 0 {
+	if n := r.Client(t).Exists(ctx, "{relay:pos:none}:h").Val(); n != 0 {
 		t.Errorf("Positions of a channel without history created its hash")
 	}
 }

@@ -134,9 +134,10 @@ const (
 	presenceScriptEntries = 500
 )
 
-// presenceKeys returns the keys of channel's presence: :p, :pz, :pu, :pl.
+// presenceKeys returns the keys of channel's presence: :p, :pz, :pu, :pl,
+// in the hash slot of its Redis channel (keyBase).
 func (b *Redis) presenceKeys(channel string) []string {
-	base := b.cfg.Prefix + "{" + channel + "}:"
+	base := b.keyBase(channel)
 	return []string{base + "p", base + "pz", base + "pu", base + "pl"}
 }
 

@@ -39,8 +39,8 @@ func (b *Redis) probeRound(seq uint64, start time.Time) {
 	defer cancel()
 	data := []byte(b.nonce + ":" + strconv.FormatUint(seq, 10))
 	var probes []probe
-	for _, sh := range b.shards {
-		ps, err := sh.probeTarget(start)
+	for _, sh := range b.shardList() {
+		ps, channel, err := sh.probeTarget(start)
 		if err != nil {
 			b.stats.probeFailures.Add(1)
 			sh.setProbeErr(err)
@@ -51,7 +51,7 @@ func (b *Redis) probeRound(seq uint64, start time.Time) {
 			continue // not connected: Health says so already
 		}
 		sh.probeWant.Store(seq)
-		r := &pubReq{channel: sh.probeChan, data: data, probe: true, done: make(chan struct{}, 1)}
+		r := &pubReq{channel: channel, data: data, probe: true, done: make(chan struct{}, 1)}
 		err = b.send(ctx, r)
 		if err == nil {
 			err = r.err
@@ -112,22 +112,22 @@ func (sh *shard) teardown(ps *redis.PubSub, cause error) {
 	}
 }
 
-// probeTarget returns the connection to probe, or nil when the shard has
-// none; or an error with the connection when it has not confirmed its
-// subscriptions within ProbeTimeout of opening.
-func (sh *shard) probeTarget(now time.Time) (*redis.PubSub, error) {
+// probeTarget returns the connection to probe and its probe channel, or
+// nil when the shard has none; or an error with the connection when it has
+// not confirmed its subscriptions within ProbeTimeout of opening.
+func (sh *shard) probeTarget(now time.Time) (*redis.PubSub, string, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.state != stateUp || sh.cause != nil {
-		return nil, nil
+		return nil, "", nil
 	}
 	if !sh.live && now.Sub(sh.connectedAt) > sh.b.cfg.ProbeTimeout {
-		return sh.ps, fmt.Errorf("subscriptions not confirmed within %v", sh.b.cfg.ProbeTimeout)
+		return sh.ps, "", fmt.Errorf("subscriptions not confirmed within %v", sh.b.cfg.ProbeTimeout)
 	}
 	if !sh.probeSubscribed {
-		return nil, nil
+		return nil, "", nil
 	}
-	return sh.ps, nil
+	return sh.ps, sh.psProbe, nil
 }
 
 // probeBack takes a probe that came back on the shard's connection.

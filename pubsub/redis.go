@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,11 +23,18 @@ type RedisConfig struct {
 	// URL is the Redis to connect to: redis://[user:password@]host:port/db,
 	// rediss:// for TLS, or unix:///path.
 	URL string `envconfig:"REDIS_URL" desc:"Redis URL (redis://host:6379/0, rediss:// for TLS); empty runs the embedded in-memory broker (one node)"`
+	// ClusterAddrs are the seed nodes of a Redis Cluster, comma-separated:
+	// host:port, or redis://[user:password@]host:port (rediss:// for TLS),
+	// whose user, password and TLS, from the first seed, apply to every
+	// node. The broker then uses sharded pub/sub (cluster.go).
+	ClusterAddrs string `envconfig:"REDIS_CLUSTER_ADDRS" desc:"Redis Cluster seed nodes, comma-separated host:port or redis://[user:password@]host:port (rediss:// for TLS; credentials and TLS of the first seed apply to all); uses sharded pub/sub (SPUBLISH); excludes RELAY_REDIS_URL"`
 	// Prefix is put before every channel name to form the Redis channel.
-	Prefix string `envconfig:"CHANNEL_PREFIX" default:"relay:" desc:"prefix of the Redis channel of every Relay channel (PUBLISH {prefix}{channel})"`
+	Prefix string `envconfig:"CHANNEL_PREFIX" default:"relay:" desc:"prefix of the Redis channel of every Relay channel (PUBLISH {prefix}{channel}; SPUBLISH on a Redis Cluster)"`
 	// Subscribers is the number of dedicated Redis connections that carry
-	// the node's subscriptions; channels are spread over them by hash.
-	Subscribers int `envconfig:"REDIS_SUBSCRIBERS" default:"2" desc:"Redis connections that carry this node's channel subscriptions (1-64)"`
+	// the node's subscriptions; channels are spread over them by hash. In
+	// cluster mode it is not used: one connection per master carries the
+	// channels of that master's slots.
+	Subscribers int `envconfig:"REDIS_SUBSCRIBERS" default:"2" desc:"Redis connections that carry this node's channel subscriptions (1-64); on a Redis Cluster, one per master instead"`
 	// Pipelines is the number of Redis connections that send publishes;
 	// each sends whatever is pending as one pipeline.
 	Pipelines int `envconfig:"REDIS_PIPELINES" default:"2" desc:"Redis connections that send publishes, each pipelining all that is pending (1-64)"`
@@ -71,6 +79,9 @@ func (c *RedisConfig) Validate() error {
 	if c.ProbeTimeout != 0 && c.ProbeTimeout < minProbe {
 		return fmt.Errorf("RELAY_REDIS_PROBE_TIMEOUT: %v; want a duration of at least %v such as 3s", c.ProbeTimeout, minProbe)
 	}
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	if c.URL != "" {
 		if _, err := redis.ParseURL(c.URL); err != nil {
 			return fmt.Errorf("RELAY_REDIS_URL: %w; want redis://host:port/db, rediss:// or unix://", err)
@@ -85,11 +96,13 @@ const probePrefix = "__relay_probe:"
 
 var errReserved = errors.New("channel name reserved for the broker's probes (" + probePrefix + "...)")
 
-// Redis is a Broker that relays through Redis PUBLISH and SUBSCRIBE.
+// Redis is a Broker that relays through Redis PUBLISH and SUBSCRIBE, or on
+// a Redis Cluster through SPUBLISH and SSUBSCRIBE (cluster.go).
 //
 // A node holds one Redis subscription per channel with local interest,
 // reference-counted over all handlers of that channel, on one of a fixed
-// number of subscriber connections (shards). Publishes from many goroutines
+// number of subscriber connections (shards), or in cluster mode on the
+// connection to the master of the channel's hash slot. Publishes from many goroutines
 // are pipelined over a few connections.
 //
 // Run starts the broker's goroutines: one per subscriber connection
@@ -115,11 +128,14 @@ var errReserved = errors.New("channel name reserved for the broker's probes (" +
 type Redis struct {
 	cfg    RedisConfig
 	log    *slog.Logger
-	client *redis.Client
-	shards []*shard
-	pipes  []*pipeline
-	nonce  string        // tells this broker's probes from any other's
-	epochs atomic.Uint64 // names new epochs of history (history.go)
+	client redis.UniversalClient
+	// cluster is the view of a Redis Cluster (cluster.go); nil for a
+	// standalone Redis.
+	cluster *clusterState
+	shards  []*shard // standalone: the fixed subscriber connections
+	pipes   []*pipeline
+	nonce   string        // tells this broker's probes from any other's
+	epochs  atomic.Uint64 // names new epochs of history (history.go)
 
 	// probeBack wakes the prober when a probe came back.
 	probeBack chan struct{}
@@ -167,23 +183,24 @@ type RedisStats struct {
 	Pipelines uint64
 	// Published counts messages Redis accepted (probes not included).
 	Published uint64
+	// Moves counts, in cluster mode, live channels moved to the
+	// subscriber connection of another master (or subscribed again on the
+	// same one) because their hash slot moved or their master failed
+	// over: each one is a gap, reported to its handlers as Resubscribes'.
+	Moves uint64
 }
 
 type redisCounters struct {
 	reconnects, resubscribes, probeFailures, teardowns atomic.Uint64
-	publishErrors, pipelines, published                atomic.Uint64
+	publishErrors, pipelines, published, moves         atomic.Uint64
 }
 
-// NewRedis validates cfg and returns a broker for the Redis at cfg.URL. It
-// does not wait for Redis: a broker made while Redis is down answers
+// NewRedis validates cfg and returns a broker for the Redis at cfg.URL, or
+// for the Redis Cluster of cfg.ClusterAddrs. It does not wait for Redis: a broker made while Redis is down answers
 // ErrUnavailable until Redis is back.
 func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
-	}
-	opt, err := redis.ParseURL(cfg.URL)
-	if err != nil {
-		return nil, fmt.Errorf("RELAY_REDIS_URL: %w", err)
 	}
 	if cfg.ProbeInterval == 0 {
 		cfg.ProbeInterval = defaultProbeInterval
@@ -195,18 +212,34 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	if cfg.Instance == "" {
 		cfg.Instance = nonce[:12]
 	}
-	opt.DialTimeout = cfg.Timeout
-	opt.ReadTimeout = cfg.Timeout
-	opt.WriteTimeout = cfg.Timeout
-	opt.PoolSize = cfg.Pipelines + cfg.Subscribers + 4
-	opt.MaxRetries = -1 // a publish is acknowledged once, never replayed
-	// The broker owns its connections' lives: it replaces a failed or
-	// silent subscriber connection itself and reports the gap. go-redis's
-	// maintenance notifications (a Redis Enterprise handoff of connections
-	// during upgrades, on by default) would move connections behind its
-	// back, cost every new connection a refused command on other servers,
-	// and start goroutines in redis.NewClient, before Run.
-	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	var client redis.UniversalClient
+	var cluster *clusterState
+	if cfg.ClusterAddrs != "" {
+		cc, cl, err := newClusterClient(cfg)
+		if err != nil {
+			return nil, err
+		}
+		client, cluster = cc, cl
+	} else {
+		opt, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("RELAY_REDIS_URL: %w", err)
+		}
+		opt.DialTimeout = cfg.Timeout
+		opt.ReadTimeout = cfg.Timeout
+		opt.WriteTimeout = cfg.Timeout
+		opt.PoolSize = cfg.Pipelines + cfg.Subscribers + 4
+		opt.MaxRetries = -1 // a publish is acknowledged once, never replayed
+		// The broker owns its connections' lives: it replaces a failed or
+		// silent subscriber connection itself and reports the gap.
+		// go-redis's maintenance notifications (a Redis Enterprise handoff
+		// of connections during upgrades, on by default) would move
+		// connections behind its back, cost every new connection a refused
+		// command on other servers, and start goroutines in
+		// redis.NewClient, before Run.
+		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		client = redis.NewClient(opt)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -214,7 +247,8 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	b := &Redis{
 		cfg:       cfg,
 		log:       log,
-		client:    redis.NewClient(opt),
+		client:    client,
+		cluster:   cluster,
 		nonce:     nonce,
 		probeBack: make(chan struct{}, 1),
 		metrics:   newRedisMetrics(),
@@ -225,8 +259,12 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	for range cfg.Pipelines {
 		b.pipes = append(b.pipes, &pipeline{b: b})
 	}
-	for i := range cfg.Subscribers {
-		b.shards = append(b.shards, newShard(b, i))
+	if cluster == nil {
+		for i := range cfg.Subscribers {
+			sh := newShard(b, i)
+			sh.probeChan = cfg.Prefix + probePrefix + cfg.Instance + ":" + strconv.Itoa(i)
+			b.shards = append(b.shards, sh)
+		}
 	}
 	return b, nil
 }
@@ -251,6 +289,9 @@ func (b *Redis) Run(ctx context.Context) error {
 	for _, sh := range b.shards {
 		b.wg.Go(sh.run)
 	}
+	if b.cluster != nil {
+		b.wg.Go(b.topology)
+	}
 	b.wg.Go(b.prober)
 	b.runMu.Unlock()
 	select {
@@ -271,7 +312,7 @@ func (b *Redis) stop() {
 		b.runMu.Unlock()
 		close(b.closing)
 		b.cancel()
-		for _, sh := range b.shards {
+		for _, sh := range b.shardList() {
 			sh.mu.Lock()
 			ps := sh.ps
 			sh.mu.Unlock()
@@ -300,12 +341,24 @@ func (b *Redis) Subscribe(ctx context.Context, channel string, h Handler) (func(
 	if strings.HasPrefix(channel, probePrefix) {
 		return nil, fmt.Errorf("subscribe %q: %w", channel, errReserved)
 	}
-	sh := b.shards[shardOf(channel, len(b.shards))]
-	sub := &redisSub{h: h}
-	rc, down := sh.add(channel, sub)
-	stop := sync.OnceFunc(func() { sh.remove(channel, sub) })
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
+	sub := &redisSub{h: h}
+	var sh *shard
+	var rc *redisChan
+	var down <-chan struct{}
+	var stop func()
+	if b.cluster != nil {
+		var err error
+		if sh, rc, down, err = b.clusterSubscribe(ctx, channel, sub); err != nil {
+			return nil, fmt.Errorf("subscribe %q: %w", channel, err)
+		}
+		stop = sync.OnceFunc(func() { b.clusterUnsubscribe(channel, sub) })
+	} else {
+		sh = b.shards[shardOf(channel, len(b.shards))]
+		rc, down = sh.add(channel, sub)
+		stop = sync.OnceFunc(func() { sh.remove(channel, sub) })
+	}
 	select {
 	case <-rc.ready:
 		return stop, nil
@@ -341,13 +394,16 @@ func (b *Redis) Health() error {
 	default:
 	}
 	var why []string
-	for _, sh := range b.shards {
+	if b.cluster != nil {
+		why = b.clusterHealth(why)
+	}
+	for _, sh := range b.shardList() {
 		sh.hmu.Lock()
 		if sh.status != "" {
-			why = append(why, fmt.Sprintf("subscriber connection %d: %s", sh.idx, sh.status))
+			why = append(why, fmt.Sprintf("subscriber connection %s: %s", sh.name(), sh.status))
 		}
 		if sh.probeErr != nil {
-			why = append(why, fmt.Sprintf("subscriber connection %d: probe: %v", sh.idx, sh.probeErr))
+			why = append(why, fmt.Sprintf("subscriber connection %s: probe: %v", sh.name(), sh.probeErr))
 		}
 		sh.hmu.Unlock()
 	}
@@ -373,6 +429,7 @@ func (b *Redis) Stats() RedisStats {
 		PublishErrors: s.publishErrors.Load(),
 		Pipelines:     s.pipelines.Load(),
 		Published:     s.published.Load(),
+		Moves:         s.moves.Load(),
 	}
 }
 
@@ -383,6 +440,9 @@ func (b *Redis) Close() error {
 		b.stop()
 		b.wg.Wait()
 		b.client.Close()
+		if b.cluster != nil {
+			b.cluster.closeSeeds()
+		}
 	})
 	return nil
 }

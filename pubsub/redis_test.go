@@ -574,7 +574,15 @@ func TestRedisMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[string]float64{}
+	shards := 0
 	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "relay_broker_shard_") {
+			if f.GetType() != dto.MetricType_GAUGE {
+				t.Errorf("%s is a %v, want a gauge", f.GetName(), f.GetType())
+			}
+			shards += len(f.GetMetric())
+			continue
+		}
 		if f.GetType() != dto.MetricType_COUNTER {
 			t.Errorf("%s is a %v, want a counter", f.GetName(), f.GetType())
 		}
@@ -589,13 +597,17 @@ func TestRedisMetrics(t *testing.T) {
 		"relay_broker_publish_errors_total": s.PublishErrors,
 		"relay_broker_published_total":      s.Published,
 		"relay_broker_pipelines_total":      s.Pipelines,
+		"relay_broker_slot_moves_total":     s.Moves,
 	} {
 		if v, ok := got[name]; !ok || v != float64(want) {
 			t.Errorf("%s = %v (exported: %v), want %d as in Stats", name, v, ok, want)
 		}
 	}
-	if len(got) != 7 || got["relay_broker_published_total"] != 1 {
-		t.Errorf("gathered %v, want the 7 broker counters with 1 published", got)
+	if len(got) != 8 || got["relay_broker_published_total"] != 1 {
+		t.Errorf("gathered %v, want the 8 broker counters with 1 published", got)
+	}
+	if shards != 2*2 {
+		t.Errorf("gathered %d shard gauges, want up and channels of each of 2 subscriber connections", shards)
 	}
 }
 
@@ -679,7 +691,7 @@ func TestRedisHistoryFlushed(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(keys)
-	if want := []string{"relay:{ns:flush}:h", "relay:{ns:flush}:s"}; !slices.Equal(keys, want) {
+	if want := []string{"{relay:ns:flush}:h", "{relay:ns:flush}:s"}; !slices.Equal(keys, want) {
 		t.Errorf("keys = %q, want %q", keys, want)
 	}
 	if err := rc.FlushAll(t.Context()).Err(); err != nil {

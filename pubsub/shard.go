@@ -17,10 +17,15 @@ package pubsub
 //     under mu and wake run; they never touch the connection.
 //   - the prober and stop (Close, or the end of Run) close the connection
 //     to make its receiver return, outside every lock of the shard.
+//   - in cluster mode (cluster.go) a shard is the connection to one master;
+//     the topology goroutine moves channels, handlers and all, from one
+//     shard to another (takeOut, putIn) and retires a shard, and receive
+//     hands it what Redis says of moved slots (redirected, unsubscribed).
 //
 // Locks, each held for memory only: never across a network read or write,
 // nor while a handler runs.
 //
+//   - clusterState.mu (cluster mode) is taken before shard.mu, never after.
 //   - shard.mu guards the shard's state: the connection, the channels with
 //     handlers and what the connection was told about them.
 //   - shard.hmu guards what Health reads, so that Health never waits on mu.
@@ -34,6 +39,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,9 +51,15 @@ import (
 )
 
 type shard struct {
-	b         *Redis
-	idx       int
-	probeChan string // the full Redis channel
+	b   *Redis
+	idx int
+	log *slog.Logger // the broker's; in cluster mode with the master's address
+	// Cluster mode (cluster.go): the master this shard subscribes on, a
+	// client of it, and quit, closed when the shard is retired. Empty,
+	// nil and nil for a standalone Redis.
+	addr string
+	node *redis.Client
+	quit chan struct{}
 	// probeWant is the sequence number of the probe in flight, 0 for none.
 	probeWant atomic.Uint64
 	// wake tells run that channels came or went (buffer 1).
@@ -55,9 +67,12 @@ type shard struct {
 	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
 	retry chan struct{}
 
-	mu    sync.Mutex
-	ps    *redis.PubSub // the live connection; nil when there is none
-	state shardState
+	mu sync.Mutex
+	// probeChan is the full Redis channel of the shard's probes, for the
+	// next connection; psProbe is the one of the live connection.
+	probeChan, psProbe string
+	ps                 *redis.PubSub // the live connection; nil when there is none
+	state              shardState
 	// cause is why the broker closed ps itself, nil if it did not.
 	cause error
 	torn  bool // cause is a probe failure
@@ -85,7 +100,13 @@ type shard struct {
 	gapped          int // channels gapped on this connection
 	probeSubscribed bool
 	live            bool // connected and every subscription confirmed
-	connectedAt     time.Time
+	// Cluster mode: unsubOwed counts, per channel, the SUNSUBSCRIBE
+	// confirmations Redis owes for those run wrote, so that one Redis
+	// sends by itself (the slot moved away) is told apart; displaced holds
+	// the channels so unsubscribed, for the topology goroutine to move.
+	unsubOwed   map[string]int
+	displaced   map[string]struct{}
+	connectedAt time.Time
 
 	hmu      sync.Mutex
 	status   string // why the shard is not live; "" when it is
@@ -116,7 +137,9 @@ func newShard(b *Redis, idx int) *shard {
 	return &shard{
 		b:         b,
 		idx:       idx,
-		probeChan: b.cfg.Prefix + probePrefix + b.cfg.Instance + ":" + strconv.Itoa(idx),
+		log:       b.log,
+		unsubOwed: make(map[string]int),
+		displaced: make(map[string]struct{}),
 		wake:      make(chan struct{}, 1),
 		retry:     make(chan struct{}, 1),
 		chans:     make(map[string]*redisChan),
@@ -126,6 +149,15 @@ func newShard(b *Redis, idx int) *shard {
 		downc:     make(chan struct{}),
 		status:    "connecting",
 	}
+}
+
+// name names the shard in logs, Health and metrics: its index, or in
+// cluster mode its master's address.
+func (sh *shard) name() string {
+	if sh.addr != "" {
+		return sh.addr
+	}
+	return strconv.Itoa(sh.idx)
 }
 
 func (sh *shard) setStatus(status string, err error) {
@@ -207,11 +239,19 @@ func (sh *shard) add(channel string, sub *redisSub) (*redisChan, <-chan struct{}
 // was the last. It returns once no call of sub's handler is in progress:
 // receive reads the handlers of a message under the channel's dmu.
 func (sh *shard) remove(channel string, sub *redisSub) {
+	if rc, _ := sh.detach(channel, sub); rc != nil {
+		rc.wait()
+	}
+}
+
+// detach is remove without the wait: it returns the channel's state, nil
+// if the shard does not carry it, and whether sub was its last handler.
+func (sh *shard) detach(channel string, sub *redisSub) (rc *redisChan, last bool) {
 	sh.mu.Lock()
-	rc := sh.chans[channel]
+	defer sh.mu.Unlock()
+	rc = sh.chans[channel]
 	if rc == nil {
-		sh.mu.Unlock()
-		return
+		return nil, false
 	}
 	subs := *rc.subs.Load()
 	if i := slices.Index(subs, sub); i >= 0 {
@@ -220,12 +260,17 @@ func (sh *shard) remove(channel string, sub *redisSub) {
 	}
 	if len(subs) == 0 {
 		delete(sh.chans, channel)
+		delete(sh.displaced, channel)
 		if sh.up() {
 			sh.dirty[channel] = struct{}{}
 			signal(sh.wake)
 		}
 	}
-	sh.mu.Unlock()
+	return rc, len(subs) == 0
+}
+
+// wait returns once no call of the channel's handlers is in progress.
+func (rc *redisChan) wait() {
 	// An empty critical section: it waits for a dispatch in progress.
 	rc.dmu.Lock()
 	//lint:ignore SA2001 waiting is the point
@@ -258,6 +303,9 @@ func (sh *shard) sync(ps *redis.PubSub) {
 			subs = append(subs, prefix+ch)
 		case !want && sent:
 			delete(sh.sent, ch)
+			if sh.addr != "" {
+				sh.unsubOwed[ch]++
+			}
 			unsubs = append(unsubs, prefix+ch)
 		}
 	}
@@ -268,12 +316,12 @@ func (sh *shard) sync(ps *redis.PubSub) {
 	defer cancel()
 	var err error
 	if len(unsubs) > 0 { // none would mean every channel
-		if err = ps.Unsubscribe(ctx, unsubs...); err != nil {
+		if err = sh.write(ctx, ps, false, unsubs); err != nil {
 			err = fmt.Errorf("unsubscribe: %w", err)
 		}
 	}
 	if err == nil && len(subs) > 0 {
-		if err = ps.Subscribe(ctx, subs...); err != nil {
+		if err = sh.write(ctx, ps, true, subs); err != nil {
 			err = fmt.Errorf("subscribe: %w", err)
 		}
 	}
@@ -282,6 +330,35 @@ func (sh *shard) sync(ps *redis.PubSub) {
 		// their Subscribe calls wait for the next connection.
 		sh.breakConn(ps, err, false)
 	}
+}
+
+// write subscribes (or unsubscribes) the Redis channels full on ps: with
+// SUBSCRIBE on a standalone Redis; with SSUBSCRIBE in cluster mode, one
+// command per hash slot, as Redis Cluster takes no other.
+func (sh *shard) write(ctx context.Context, ps *redis.PubSub, subscribe bool, full []string) error {
+	if sh.addr == "" {
+		if subscribe {
+			return ps.Subscribe(ctx, full...)
+		}
+		return ps.Unsubscribe(ctx, full...)
+	}
+	bySlot := make(map[int][]string)
+	for _, c := range full {
+		s := slotOf(c)
+		bySlot[s] = append(bySlot[s], c)
+	}
+	for _, group := range bySlot {
+		var err error
+		if subscribe {
+			err = ps.SSubscribe(ctx, group...)
+		} else {
+			err = ps.SUnsubscribe(ctx, group...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // breakConn closes ps, if it is still the shard's live connection, so that
@@ -305,9 +382,12 @@ func (sh *shard) breakConn(ps *redis.PubSub, cause error, torn bool) bool {
 func (sh *shard) run() {
 	const minBackoff, maxBackoff = 50 * time.Millisecond, 2 * time.Second
 	backoff := minBackoff
-	log := sh.b.log
+	log := sh.log
 	opened := false // a connection was open before: the next is a reconnect
 	outage := false // the current outage is logged
+	if sh.node != nil {
+		defer sh.node.Close()
+	}
 	for {
 		ps, err := sh.connect()
 		if err != nil {
@@ -315,6 +395,10 @@ func (sh *shard) run() {
 				return
 			}
 			sh.down(err)
+			if sh.addr != "" {
+				// The master may have failed over: read the slot map.
+				sh.b.refreshTopology()
+			}
 			if !outage {
 				outage = true
 				log.Warn("redis subscriber connection failed", "shard", sh.idx, "err", err)
@@ -341,6 +425,9 @@ func (sh *shard) run() {
 			return
 		}
 		cause, torn := sh.lost(ps, err)
+		if sh.addr != "" {
+			sh.b.refreshTopology()
+		}
 		switch {
 		case torn:
 			log.Warn("redis subscriber connection torn down", "shard", sh.idx, "err", cause)
@@ -379,13 +466,18 @@ func (sh *shard) wait(d time.Duration, cut <-chan struct{}) bool {
 	case <-cut:
 	case <-sh.b.closing:
 		return false
+	case <-sh.quit:
+		return false
 	}
 	return true
 }
 
+// closed reports whether the broker stopped or retired the shard.
 func (sh *shard) closed() bool {
 	select {
 	case <-sh.b.closing:
+		return true
+	case <-sh.quit:
 		return true
 	default:
 		return false
@@ -398,8 +490,19 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	b := sh.b
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
-	ps := b.client.Subscribe(ctx) // no I/O without channels
-	if err := ps.Subscribe(ctx, sh.probeChan); err != nil {
+	sh.mu.Lock()
+	probe := sh.probeChan
+	sh.mu.Unlock()
+	if probe == "" {
+		return nil, errors.New("the master owns no hash slot")
+	}
+	var ps *redis.PubSub // no I/O without channels
+	if sh.node != nil {
+		ps = sh.node.SSubscribe(ctx)
+	} else {
+		ps = b.client.(*redis.Client).Subscribe(ctx)
+	}
+	if err := sh.write(ctx, ps, true, []string{probe}); err != nil {
 		ps.Close()
 		return nil, err
 	}
@@ -412,6 +515,8 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	full := make([]string, 0, len(sh.chans))
 	clear(sh.sent)
 	clear(sh.dirty)
+	clear(sh.unsubOwed)
+	clear(sh.displaced)
 	sh.pending = make(map[string]int, len(sh.chans))
 	sh.resub = make(map[string]struct{}, len(sh.chans))
 	sh.gap, sh.gapped = make(map[string]struct{}), 0
@@ -427,14 +532,14 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 		}
 	}
 	sh.ps, sh.state, sh.cause, sh.torn = ps, stateUp, nil, false
-	sh.probeSubscribed, sh.live = false, false
+	sh.psProbe, sh.probeSubscribed, sh.live = probe, false, false
 	sh.connectedAt = time.Now()
 	sh.setStatus(fmt.Sprintf("subscribing %d channels", len(full)), nil)
 	sh.mu.Unlock()
 	// Written outside mu: add and remove go on meanwhile, and what they
 	// change is written by run next, after this.
 	if len(full) > 0 {
-		if err := ps.Subscribe(ctx, full...); err != nil {
+		if err := sh.write(ctx, ps, true, full); err != nil {
 			sh.mu.Lock()
 			sh.ps, sh.state = nil, stateConnecting
 			sh.mu.Unlock()
@@ -478,20 +583,35 @@ func (sh *shard) lost(ps *redis.PubSub, err error) (cause error, torn bool) {
 // connection went live, every subscription confirmed: that is when an
 // outage ends and, on a reconnect, when the gap is reported.
 func (sh *shard) receive(ps *redis.PubSub, reconnect, outage bool) (live bool, err error) {
+	sh.mu.Lock()
+	probe := sh.psProbe
+	sh.mu.Unlock()
 	for {
 		msg, err := ps.Receive(sh.b.ctx)
 		if err != nil {
-			return live, err
+			var rerr redis.Error
+			if sh.addr == "" || !errors.As(err, &rerr) || !sh.redirected(rerr) {
+				return live, err
+			}
+			if gapped, ok := sh.maybeLive(); ok {
+				live = true
+				sh.wentLive(gapped, reconnect, outage)
+			}
+			continue
 		}
 		switch msg := msg.(type) {
 		case *redis.Message:
-			if msg.Channel == sh.probeChan {
+			if msg.Channel == probe {
 				sh.probeBack(msg.Payload)
 				continue
 			}
 			sh.dispatch(msg)
 		case *redis.Subscription:
-			if msg.Kind != "subscribe" {
+			if msg.Kind == "sunsubscribe" {
+				sh.unsubscribed(msg.Channel)
+				continue
+			}
+			if msg.Kind != "subscribe" && msg.Kind != "ssubscribe" {
 				continue
 			}
 			gap, gapped, ok := sh.confirm(msg.Channel)
@@ -508,13 +628,13 @@ func (sh *shard) receive(ps *redis.PubSub, reconnect, outage bool) (live bool, e
 
 func (sh *shard) wentLive(gapped int, reconnect, outage bool) {
 	if outage {
-		sh.b.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", gapped)
+		sh.log.Info("redis subscriber connection restored", "shard", sh.idx, "channels", gapped)
 	}
 	if !reconnect || gapped == 0 {
 		return
 	}
 	sh.b.stats.resubscribes.Add(1)
-	sh.b.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", gapped)
+	sh.log.Warn("messages may have been lost while a Redis subscriber connection was down", "shard", sh.idx, "channels", gapped)
 }
 
 // confirm counts a subscribe confirmation of the Redis channel full. It
@@ -526,7 +646,7 @@ func (sh *shard) wentLive(gapped int, reconnect, outage bool) {
 func (sh *shard) confirm(full string) (gap *redisChan, gapped int, live bool) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if full == sh.probeChan {
+	if full == sh.psProbe {
 		sh.probeSubscribed = true
 	} else if channel, ok := strings.CutPrefix(full, sh.b.cfg.Prefix); ok {
 		if sh.pending[channel] > 0 {
@@ -545,12 +665,27 @@ func (sh *shard) confirm(full string) (gap *redisChan, gapped int, live bool) {
 			}
 		}
 	}
-	if sh.live || !sh.probeSubscribed || len(sh.resub) > 0 {
-		return gap, 0, false
+	gapped, live = sh.liveLocked()
+	return gap, gapped, live
+}
+
+// maybeLive is liveLocked for a caller without mu.
+func (sh *shard) maybeLive() (gapped int, live bool) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.liveLocked()
+}
+
+// liveLocked makes the connection live once the probe channel and every
+// channel subscribed when it opened are confirmed, and reports whether it
+// just did, with the number of channels gapped; sh.mu is held.
+func (sh *shard) liveLocked() (gapped int, live bool) {
+	if sh.live || sh.ps == nil || !sh.probeSubscribed || len(sh.resub) > 0 {
+		return 0, false
 	}
 	sh.live = true
 	sh.setStatus("", nil)
-	return gap, sh.gapped, true
+	return sh.gapped, true
 }
 
 // dispatch calls the handlers of msg's channel, without mu held.

@@ -218,7 +218,7 @@ func serve(stderr io.Writer) int {
 
 	reg := prometheus.NewRegistry() // the node's: /metrics serves it
 	var broker pubsub.Broker
-	if cfg.URL == "" {
+	if cfg.URL == "" && cfg.ClusterAddrs == "" {
 		broker = pubsub.NewMemory()
 		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
 	} else {
@@ -234,7 +234,11 @@ func serve(stderr io.Writer) int {
 		}
 		broker = rb
 		reg.MustRegister(rb)
-		log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		if cfg.ClusterAddrs != "" {
+			log.Info("broker: redis cluster, sharded pub/sub", "seeds", redactSeeds(cfg.ClusterAddrs), "prefix", cfg.Prefix)
+		} else {
+			log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		}
 		// The broker runs until Close (deferred below, so it runs first),
 		// after the node drained; its Run returns before this does.
 		brokerDone := make(chan error, 1)
@@ -299,6 +303,15 @@ func redactURL(s string) string {
 		}
 	}
 	return s
+}
+
+// redactSeeds drops the passwords of RELAY_REDIS_CLUSTER_ADDRS for logging.
+func redactSeeds(s string) string {
+	seeds := strings.Split(s, ",")
+	for i, seed := range seeds {
+		seeds[i] = redactURL(strings.TrimSpace(seed))
+	}
+	return strings.Join(seeds, ",")
 }
 
 // healthcheck asks the local node's /healthz; the container image has no

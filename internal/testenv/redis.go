@@ -26,6 +26,7 @@ type Redis struct {
 	bin  string
 	dir  string
 	port int
+	args []string // more arguments of redis-server
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -39,7 +40,12 @@ func StartRedis(t testing.TB) *Redis {
 	if err != nil {
 		t.Fatal(redisHint)
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir()}
+	return startRedis(t, bin)
+}
+
+func startRedis(t testing.TB, bin string, args ...string) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), args: args}
 	var lastErr error
 	for range 5 { // a free port may be taken before redis binds it
 		r.port = FreePort(t)
@@ -54,6 +60,9 @@ func StartRedis(t testing.TB) *Redis {
 
 // Addr is the server's host:port.
 func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+
+// Port is the server's port.
+func (r *Redis) Port() int { return r.port }
 
 // URL is the server's redis:// URL.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
@@ -75,10 +84,11 @@ func (r *Redis) Start() {
 }
 
 func (r *Redis) start() error {
-	cmd := exec.Command(r.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--logfile", "", "--loglevel", "notice")
+		"--logfile", "", "--loglevel", "notice"}, r.args...)
+	cmd := exec.Command(r.bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
