@@ -25,6 +25,7 @@ package pubsub
 //     handlers and what the connection was told about them.
 //   - shard.hmu guards what Health reads, so that Health never waits on mu.
 //     It is taken with mu held, or alone.
+//   - Redis.masterMu (Sentinel mode) is taken with mu held, or alone.
 //   - redisChan.dmu is held by receive while it calls the handlers of that
 //     channel for one message, and taken and released by remove after it
 //     removed its handler, so that stop returns only once no call of that
@@ -57,6 +58,7 @@ type shard struct {
 
 	mu    sync.Mutex
 	ps    *redis.PubSub // the live connection; nil when there is none
+	addr  string        // the server ps leads to, in Sentinel mode (sentinel.go)
 	state shardState
 	// cause is why the broker closed ps itself, nil if it did not.
 	cause error
@@ -398,17 +400,29 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	b := sh.b
 	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
 	defer cancel()
+	dialed := new(dialedAddr)
 	ps := b.client.Subscribe(ctx) // no I/O without channels
-	if err := ps.Subscribe(ctx, sh.probeChan); err != nil {
+	if err := ps.Subscribe(context.WithValue(ctx, dialedKey{}, dialed), sh.probeChan); err != nil {
 		ps.Close()
 		return nil, err
 	}
+	dialed.mu.Lock()
+	addr := dialed.addr
+	dialed.mu.Unlock()
 	sh.mu.Lock()
 	if sh.closed() { // stop did not see ps
 		sh.mu.Unlock()
 		ps.Close()
 		return nil, ErrClosed
 	}
+	if master := b.currentMaster(); addr != master {
+		// The master moved while ps was being opened: leave would not
+		// have seen ps.
+		sh.mu.Unlock()
+		ps.Close()
+		return nil, fmt.Errorf("the Redis master moved from %s to %s", addr, master)
+	}
+	sh.addr = addr
 	full := make([]string, 0, len(sh.chans))
 	clear(sh.sent)
 	clear(sh.dirty)

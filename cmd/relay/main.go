@@ -218,7 +218,7 @@ func serve(stderr io.Writer) int {
 
 	reg := prometheus.NewRegistry() // the node's: /metrics serves it
 	var broker pubsub.Broker
-	if cfg.URL == "" {
+	if !cfg.RedisConfig.Enabled() {
 		broker = pubsub.NewMemory()
 		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
 	} else {
@@ -234,7 +234,11 @@ func serve(stderr io.Writer) int {
 		}
 		broker = rb
 		reg.MustRegister(rb)
-		log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		if cfg.URL != "" {
+			log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		} else {
+			log.Info("broker: redis sentinel", "sentinels", strings.Join(cfg.SentinelAddrs, ","), "master", cfg.SentinelMaster, "prefix", cfg.Prefix)
+		}
 		// The broker runs until Close (deferred below, so it runs first),
 		// after the node drained; its Run returns before this does.
 		brokerDone := make(chan error, 1)

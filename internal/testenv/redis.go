@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,11 @@ type Redis struct {
 	bin  string
 	dir  string
 	port int
+	// conf and args come before and after the options start sets; ready
+	// is the log line that says the server is up (sentinel.go).
+	conf  []string
+	args  []string
+	ready string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -34,11 +40,21 @@ type Redis struct {
 // StartRedis starts a redis-server for t, or fails t with an install hint.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
+	return startRedis(t, &Redis{})
+}
+
+// startRedis starts r, with the fields start reads other than bin, dir
+// and port already set.
+func startRedis(t testing.TB, r *Redis) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal(redisHint)
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir()}
+	r.t, r.bin, r.dir = t, bin, t.TempDir()
+	if r.ready == "" {
+		r.ready = "Ready to accept connections"
+	}
 	var lastErr error
 	for range 5 { // a free port may be taken before redis binds it
 		r.port = FreePort(t)
@@ -74,10 +90,11 @@ func (r *Redis) Start() {
 }
 
 func (r *Redis) start() error {
-	cmd := exec.Command(r.bin,
+	args := append(slices.Clone(r.conf),
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--logfile", "", "--loglevel", "notice")
+	cmd := exec.Command(r.bin, append(args, r.args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -96,7 +113,7 @@ func (r *Redis) start() error {
 		for sc.Scan() {
 			if !signalled {
 				log.WriteString(sc.Text() + "\n")
-				if strings.Contains(sc.Text(), "Ready to accept connections") {
+				if strings.Contains(sc.Text(), r.ready) {
 					signalled = true
 					close(ready)
 				}
