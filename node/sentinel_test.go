@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,6 +30,7 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 		t.Fatal(err)
 	}
 	var urls []string
+	var nodes []*nodetest.Server
 	for i := range 2 {
 		rcfg := nodetest.RedisConfig("")
 		rcfg.SentinelAddrs, rcfg.SentinelMaster = s.Addrs(), testenv.SentinelMaster
@@ -41,7 +43,9 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 		cfg.NodeID = fmt.Sprintf("node-%d", i+1)
 		withHistory(10000)(&cfg)
 		cfg.NamespacesFile = ns
-		urls = append(urls, nodetest.StartWith(t, cfg, b, nil).WS)
+		n := nodetest.StartWith(t, cfg, b, nil)
+		nodes = append(nodes, n)
+		urls = append(urls, n.WS)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -105,11 +109,22 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 		waitCount(t, []*publisher{p}, at[i]+1)
 	}
 	resumed := time.Since(killed)
+	// Both nodes ready again: every subscriber connection on the new
+	// master, its subscriptions confirmed.
+	testenv.WaitFor(t, 30*time.Second, "both nodes ready again", func() bool {
+		for _, n := range nodes {
+			if !isReady(t, n) {
+				return false
+			}
+		}
+		return true
+	})
+	readyAfter := time.Since(killed)
 	var refused int64
 	for i, p := range pubs {
 		refused += p.errs.Load()
 		if ctx.Err() == nil {
-			waitCount(t, []*publisher{p}, at[i]+300)
+			waitCount(t, []*publisher{p}, at[i]+100)
 		}
 	}
 	close(stop)
@@ -133,8 +148,8 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
 		}
 	}
-	t.Logf("master SIGKILLed: +switch-master after %v, every publisher acknowledged again after %v (sentinel down-after %v); %d publishes answered unavailable or unknown_outcome",
-		switchedAfter.Round(time.Millisecond), resumed.Round(time.Millisecond), testenv.SentinelDownAfter, refused)
+	t.Logf("master SIGKILLed: +switch-master after %v, every publisher acknowledged again after %v, both nodes ready after %v (sentinel down-after %v); %d publishes answered unavailable or unknown_outcome",
+		switchedAfter.Round(time.Millisecond), resumed.Round(time.Millisecond), readyAfter.Round(time.Millisecond), testenv.SentinelDownAfter, refused)
 	t.Logf("acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d", delivered, recovered, announced, silent)
 	if silent != 0 {
 		t.Errorf("%d acknowledged messages lost silently", silent)
@@ -153,4 +168,15 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 			t.Errorf("%s subscriber on %s got no gap notice for the failover", s.channel, s.urls[0])
 		}
 	}
+}
+
+// isReady reports whether n's /readyz answers 200.
+func isReady(t *testing.T, n *nodetest.Server) bool {
+	t.Helper()
+	resp, err := http.Get(n.URL + "/readyz")
+	if err != nil {
+		t.Fatalf("GET /readyz: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }

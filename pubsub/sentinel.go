@@ -63,7 +63,8 @@ type dialedAddr struct {
 // dial opens every connection of the Sentinel mode's client, to a
 // sentinel or to the master go-redis asked the sentinels for. It
 // remembers the master's address, and when that changed, it tears down
-// the shards connected elsewhere. A sentinel missing from SentinelAddrs
+// the shards connected elsewhere and cuts short the backoff of those
+// waiting to reconnect. A sentinel missing from SentinelAddrs
 // (go-redis also dials those the sentinels name) is taken for a master:
 // the shards then resubscribe once more than needed, with a gap event.
 func (b *Redis) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -85,6 +86,9 @@ func (b *Redis) dial(ctx context.Context, network, addr string) (net.Conn, error
 		b.log.Warn("redis master moved: subscriber connections follow", "master", addr)
 		for _, sh := range b.shards {
 			sh.leave(addr)
+			// A shard that lost the old master retries now, not after
+			// its backoff (up to 2 s).
+			signal(sh.retry)
 		}
 	}
 	return cn, nil

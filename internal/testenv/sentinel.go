@@ -43,8 +43,11 @@ type Sentinel struct {
 // install hint without redis-server.
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
-	s := &Sentinel{Master: StartRedis(t)}
-	s.Replica = startRedis(t, &Redis{args: []string{"--replicaof", "127.0.0.1", portOf(s.Master)}})
+	// Without a delay before the first sync (5 s by default), the replica
+	// is in sync at once.
+	noDelay := []string{"--repl-diskless-sync-delay", "0"}
+	s := &Sentinel{Master: startRedis(t, &Redis{args: noDelay})}
+	s.Replica = startRedis(t, &Redis{args: append(noDelay, "--replicaof", "127.0.0.1", portOf(s.Master))})
 	ctx := context.Background()
 	rc := s.Replica.Client(t)
 	WaitFor(t, 30*time.Second, "the replica in sync with the master", func() bool {
