@@ -153,3 +153,15 @@ func TestSentinelConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkSentinelPublish is BenchmarkRedisPublish on the master of a
+// Sentinel set-up, which also sends every PUBLISH to its replica: the
+// cost of the Sentinel mode per publish (docs/OPERATIONS.md).
+func BenchmarkSentinelPublish(b *testing.B) {
+	s := testenv.StartSentinel(b)
+	for _, publishers := range []int{1, 64} {
+		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
+			benchPublish(b, newRedis(b, sentinelConfig(s)), publishers)
+		})
+	}
+}
