@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"slices"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -19,25 +18,26 @@ import (
 // +switch-master event (or from its next dial) and closes the connections
 // of its command pools that lead elsewhere; those in use fail, and their
 // publishes are answered ErrOutcomeUnknown. It leaves the subscriber
-// connections alone, so the broker moves them itself: every connection
-// goes through b.dial, which sees the address of each server dialed. When
-// a dial goes to a master other than the last one, every shard connected
-// to another server is torn down and resubscribes on the new master with
-// a gap event. Without that, a shard would stay on an old master that
-// Sentinel demoted while alive, a replica that gets what the master
-// publishes only while its replication link holds. A shard connected to
-// a master that died fails at once, or, if its host vanished without a
-// word, within the probe's timeout; one on an old master still up and
-// cut off from the sentinels stops receiving what the pipelines publish
-// on the new master, and the prober tears it down.
+// connections alone, so the broker moves them itself: a dial hook sees
+// the server of every new connection to a master (the sentinels' have
+// clients of their own, without it). When a connection goes to a master
+// other than the last one, every shard connected to another server is
+// torn down and resubscribes on the new master with a gap event. Without
+// that, a shard would stay on an old master that Sentinel demoted while
+// alive, a replica that gets what the master publishes only while its
+// replication link holds. A shard connected to a master that died fails
+// at once, or, if its host vanished without a word, within the probe's
+// timeout; one on an old master still up and cut off from the sentinels
+// stops receiving what the pipelines publish on the new master, and the
+// prober tears it down.
 //
 // go-redis turns maintenance notifications off for failover clients
 // itself (see NewRedis for why the broker wants them off).
 func newFailoverClient(b *Redis) *redis.Client {
 	cfg := b.cfg
-	return redis.NewFailoverClient(&redis.FailoverOptions{
+	c := redis.NewFailoverClient(&redis.FailoverOptions{
 		MasterName:       cfg.SentinelMaster,
-		SentinelAddrs:    slices.Clone(cfg.SentinelAddrs),
+		SentinelAddrs:    cfg.SentinelAddrs,
 		SentinelPassword: cfg.SentinelPassword,
 		Username:         cfg.Username,
 		Password:         cfg.Password,
@@ -47,8 +47,9 @@ func newFailoverClient(b *Redis) *redis.Client {
 		WriteTimeout:     cfg.Timeout,
 		PoolSize:         cfg.poolSize(),
 		MaxRetries:       -1, // a publish is acknowledged once, never replayed
-		Dialer:           b.dial,
 	})
+	c.AddHook(masterHook{b})
+	return c
 }
 
 // dialedKey is the context key of a shard's dial: its value, a
@@ -60,19 +61,30 @@ type dialedAddr struct {
 	addr string
 }
 
-// dial opens every connection of the Sentinel mode's client, to a
-// sentinel or to the master go-redis asked the sentinels for. It
-// remembers the master's address, and when that changed, it tears down
-// the shards connected elsewhere and cuts short the backoff of those
-// waiting to reconnect. A sentinel missing from SentinelAddrs
-// (go-redis also dials those the sentinels name) is taken for a master:
-// the shards then resubscribe once more than needed, with a gap event.
-func (b *Redis) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: b.cfg.Timeout}
-	cn, err := d.DialContext(ctx, network, addr)
-	if err != nil || slices.Contains(b.cfg.SentinelAddrs, addr) {
+// masterHook watches the dials of the Sentinel mode's client: each one
+// goes to the master go-redis asked the sentinels for.
+type masterHook struct{ b *Redis }
+
+func (h masterHook) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		cn, err := next(ctx, network, addr)
+		if err == nil {
+			h.b.dialed(ctx, cn.RemoteAddr().String())
+		}
 		return cn, err
 	}
+}
+
+func (masterHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (masterHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// dialed records that a connection to the master at addr was opened. When
+// the master moved, it has the shards connected elsewhere torn down and
+// cuts short the backoff of those waiting to reconnect.
+func (b *Redis) dialed(ctx context.Context, addr string) {
 	if at, ok := ctx.Value(dialedKey{}).(*dialedAddr); ok {
 		at.mu.Lock()
 		at.addr = addr
@@ -82,16 +94,18 @@ func (b *Redis) dial(ctx context.Context, network, addr string) (net.Conn, error
 	moved := b.master != "" && b.master != addr
 	b.master = addr
 	b.masterMu.Unlock()
-	if moved {
-		b.log.Warn("redis master moved: subscriber connections follow", "master", addr)
-		for _, sh := range b.shards {
-			sh.leave(addr)
-			// A shard that lost the old master retries now, not after
-			// its backoff (up to 2 s).
-			signal(sh.retry)
-		}
+	if !moved {
+		return
 	}
-	return cn, nil
+	b.log.Warn("redis master moved: subscriber connections follow", "master", addr)
+	// Each shard's run goroutine tears its connection down: this dial may
+	// come from inside a shard's PubSub, which holds its lock, and
+	// PubSub.Close takes it. A shard that lost the old master retries
+	// now, not after its backoff (up to 2 s).
+	for _, sh := range b.shards {
+		signal(sh.follow)
+		signal(sh.retry)
+	}
 }
 
 // currentMaster returns the address of the master dialed last, "" before
@@ -103,7 +117,7 @@ func (b *Redis) currentMaster() string {
 }
 
 // leave tears down the shard's connection if it leads to a server other
-// than master.
+// than master; only run calls it.
 func (sh *shard) leave(master string) {
 	sh.mu.Lock()
 	ps, addr := sh.ps, sh.addr

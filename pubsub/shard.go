@@ -55,6 +55,8 @@ type shard struct {
 	wake chan struct{}
 	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
 	retry chan struct{}
+	// follow tells run that the Sentinel master moved (buffer 1).
+	follow chan struct{}
 
 	mu    sync.Mutex
 	ps    *redis.PubSub // the live connection; nil when there is none
@@ -121,6 +123,7 @@ func newShard(b *Redis, idx int) *shard {
 		probeChan: b.cfg.Prefix + probePrefix + b.cfg.Instance + ":" + strconv.Itoa(idx),
 		wake:      make(chan struct{}, 1),
 		retry:     make(chan struct{}, 1),
+		follow:    make(chan struct{}, 1),
 		chans:     make(map[string]*redisChan),
 		sent:      make(map[string]struct{}),
 		dirty:     make(map[string]struct{}),
@@ -365,6 +368,8 @@ func (sh *shard) serve(ps *redis.PubSub, reconnect, outage bool) (live bool, err
 		select {
 		case <-sh.wake:
 			sh.sync(ps)
+		case <-sh.follow:
+			sh.leave(sh.b.currentMaster())
 		case <-done:
 			return live, err
 		}
@@ -415,7 +420,7 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 		ps.Close()
 		return nil, ErrClosed
 	}
-	if master := b.currentMaster(); addr != master {
+	if master := b.currentMaster(); addr != "" && addr != master {
 		// The master moved while ps was being opened: leave would not
 		// have seen ps.
 		sh.mu.Unlock()
