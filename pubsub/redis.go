@@ -23,7 +23,7 @@ import (
 type RedisConfig struct {
 	// URL is the Redis to connect to: redis://[user:password@]host:port/db,
 	// rediss:// for TLS, or unix:///path.
-	URL string `envconfig:"REDIS_URL" desc:"Redis URL (redis://host:6379/0, rediss:// for TLS); empty runs the embedded in-memory broker (one node)"`
+	URL string `envconfig:"REDIS_URL" desc:"Redis URL (redis://host:6379/0, rediss:// for TLS); empty, with no other Redis mode set, runs the embedded in-memory broker (one node)"`
 	// SentinelAddrs, instead of URL, runs the broker on the master that
 	// Redis Sentinel names: the sentinels to ask, host:port each. The
 	// broker follows the master through failovers.
