@@ -11,7 +11,9 @@
 // of its own counters. Its files follow its parts: redis.go the type and the
 // Broker methods, pipeline.go the publish path (publishers send their own
 // round trips), shard.go a subscriber connection and its ownership and lock
-// order, probe.go the probes that prove a subscriber connection delivers.
+// order, probe.go the probes that prove a subscriber connection delivers,
+// sentinel.go the Sentinel mode (the master that Redis Sentinel names,
+// followed through failovers).
 //
 // Channels may keep history ([Historian]): each message then carries an
 // offset in its channel's epoch, and a subscriber that missed messages reads
