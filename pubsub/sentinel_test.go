@@ -29,6 +29,22 @@ func TestSentinel(t *testing.T) {
 	pubsubtest.Run(t, func(t *testing.T) pubsub.Broker { return newRedis(t, probing(sentinelConfig(s))) })
 }
 
+// TestSentinelProbes: the probes go through the master Sentinel names and
+// come back on every subscriber connection.
+func TestSentinelProbes(t *testing.T) {
+	s := testenv.StartSentinel(t)
+	b := newRedis(t, probing(sentinelConfig(s)))
+	pubsubtest.Subscribe(t, b, "x", pubsubtest.NewRecorder().Handle)
+	// Probe round trips only: nothing else is published.
+	testenv.WaitFor(t, 30*time.Second, "ten probe rounds", func() bool { return b.Stats().Pipelines >= 10*2 })
+	if st := b.Stats(); st.ProbeFailures != 0 || st.Teardowns != 0 {
+		t.Errorf("after %d probe round trips: %d probe failures, %d teardowns; want none", st.Pipelines, st.ProbeFailures, st.Teardowns)
+	}
+	if err := b.Health(); err != nil {
+		t.Errorf("Health() = %v, want nil", err)
+	}
+}
+
 // TestSentinelFailover: after a failover, whether the old master died
 // (SIGKILL) or was demoted while alive (SENTINEL FAILOVER), a broker's
 // subscription moves to the new master with a gap event, and what another
