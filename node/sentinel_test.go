@@ -154,6 +154,9 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 	if silent != 0 {
 		t.Errorf("%d acknowledged messages lost silently", silent)
 	}
+	if refused == 0 {
+		t.Errorf("no publish answered unavailable or unknown_outcome in %v without a master", switchedAfter)
+	}
 	// The history survives the failover (the replica had it): the nodes
 	// recover the messages of "feed" that they missed, and only those of
 	// the channel without history are announced.
