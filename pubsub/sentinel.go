@@ -120,7 +120,7 @@ func (b *Redis) currentMaster() string {
 // than master; only run calls it.
 func (sh *shard) leave(master string) {
 	sh.mu.Lock()
-	ps, addr := sh.ps, sh.addr
+	ps, addr := sh.ps, sh.psAddr
 	sh.mu.Unlock()
 	if ps != nil && addr != master {
 		sh.breakConn(ps, fmt.Errorf("the Redis master moved from %s to %s", addr, master), false)

@@ -60,7 +60,6 @@ type shard struct {
 
 	mu    sync.Mutex
 	ps    *redis.PubSub // the live connection; nil when there is none
-	addr  string        // the server ps leads to, in Sentinel mode (sentinel.go)
 	state shardState
 	// cause is why the broker closed ps itself, nil if it did not.
 	cause error
@@ -68,6 +67,8 @@ type shard struct {
 	// downc is closed, and replaced, whenever a connection attempt fails:
 	// it fails Subscribe calls waiting for the connection.
 	downc chan struct{}
+	// psAddr is the server ps leads to, in Sentinel mode (sentinel.go).
+	psAddr string
 	// chans holds the channels with handlers: those the shard wants
 	// subscribed.
 	chans map[string]*redisChan
@@ -427,7 +428,7 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 		ps.Close()
 		return nil, fmt.Errorf("the Redis master moved from %s to %s", addr, master)
 	}
-	sh.addr = addr
+	sh.psAddr = addr
 	full := make([]string, 0, len(sh.chans))
 	clear(sh.sent)
 	clear(sh.dirty)
