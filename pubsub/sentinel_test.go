@@ -56,7 +56,7 @@ func TestSentinelFailover(t *testing.T) {
 	}{
 		{"MasterKilled", func(t *testing.T, s *testenv.Sentinel) { s.Master.Stop() }},
 		{"MasterDemoted", func(t *testing.T, s *testenv.Sentinel) {
-			c := s.Sentinels[0].SentinelClient(t)
+			c := s.Client(t, 0)
 			if err := c.Failover(context.Background(), testenv.SentinelMaster).Err(); err != nil {
 				t.Fatalf("SENTINEL FAILOVER: %v", err)
 			}

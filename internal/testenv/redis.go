@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os/exec"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,11 +25,7 @@ type Redis struct {
 	bin  string
 	dir  string
 	port int
-	// conf and args come before and after the options start sets; ready
-	// is the log line that says the server is up (sentinel.go).
-	conf  []string
-	args  []string
-	ready string
+	args []string // more arguments of redis-server
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -40,21 +35,16 @@ type Redis struct {
 // StartRedis starts a redis-server for t, or fails t with an install hint.
 func StartRedis(t testing.TB) *Redis {
 	t.Helper()
-	return startRedis(t, &Redis{})
-}
-
-// startRedis starts r, with the fields start reads other than bin, dir
-// and port already set.
-func startRedis(t testing.TB, r *Redis) *Redis {
-	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatal(redisHint)
 	}
-	r.t, r.bin, r.dir = t, bin, t.TempDir()
-	if r.ready == "" {
-		r.ready = "Ready to accept connections"
-	}
+	return startRedis(t, bin)
+}
+
+func startRedis(t testing.TB, bin string, args ...string) *Redis {
+	t.Helper()
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), args: args}
 	var lastErr error
 	for range 5 { // a free port may be taken before redis binds it
 		r.port = FreePort(t)
@@ -69,6 +59,9 @@ func startRedis(t testing.TB, r *Redis) *Redis {
 
 // Addr is the server's host:port.
 func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+
+// Port is the server's port.
+func (r *Redis) Port() int { return r.port }
 
 // URL is the server's redis:// URL.
 func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
@@ -90,11 +83,11 @@ func (r *Redis) Start() {
 }
 
 func (r *Redis) start() error {
-	args := append(slices.Clone(r.conf),
+	args := append([]string{
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
-		"--logfile", "", "--loglevel", "notice")
-	cmd := exec.Command(r.bin, append(args, r.args...)...)
+		"--logfile", "", "--loglevel", "notice"}, r.args...)
+	cmd := exec.Command(r.bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -113,7 +106,7 @@ func (r *Redis) start() error {
 		for sc.Scan() {
 			if !signalled {
 				log.WriteString(sc.Text() + "\n")
-				if strings.Contains(sc.Text(), r.ready) {
+				if strings.Contains(sc.Text(), "Ready to accept connections") {
 					signalled = true
 					close(ready)
 				}

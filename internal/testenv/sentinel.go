@@ -1,10 +1,16 @@
 package testenv
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,8 +39,7 @@ type Sentinel struct {
 	// Master and Replica are the servers as they started; after a
 	// failover the replica is the master.
 	Master, Replica *Redis
-	// Sentinels are the three sentinel processes.
-	Sentinels []*Redis
+	addrs           []string // the sentinels'
 }
 
 // StartSentinel starts a master, its replica once it is in sync, and
@@ -43,11 +48,16 @@ type Sentinel struct {
 // install hint without redis-server.
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatal(redisHint)
+	}
 	// Without a delay before the first sync (5 s by default), the replica
 	// is in sync at once.
 	noDelay := []string{"--repl-diskless-sync-delay", "0"}
-	s := &Sentinel{Master: startRedis(t, &Redis{args: noDelay})}
-	s.Replica = startRedis(t, &Redis{args: append(noDelay, "--replicaof", "127.0.0.1", portOf(s.Master))})
+	s := &Sentinel{Master: startRedis(t, bin, noDelay...)}
+	master := strconv.Itoa(s.Master.Port())
+	s.Replica = startRedis(t, bin, append(noDelay, "--replicaof", "127.0.0.1", master)...)
 	ctx := context.Background()
 	rc := s.Replica.Client(t)
 	WaitFor(t, 30*time.Second, "the replica in sync with the master", func() bool {
@@ -60,22 +70,20 @@ func StartSentinel(t testing.TB) *Sentinel {
 		text := fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]s 2\n"+
 			"sentinel down-after-milliseconds %[1]s %[3]d\n"+
 			"sentinel failover-timeout %[1]s %[4]d\n",
-			SentinelMaster, portOf(s.Master), SentinelDownAfter.Milliseconds(), SentinelFailoverTimeout.Milliseconds())
+			SentinelMaster, master, SentinelDownAfter.Milliseconds(), SentinelFailoverTimeout.Milliseconds())
 		// Sentinel rewrites its file: it must be its own and writable.
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		s.Sentinels = append(s.Sentinels, startRedis(t, &Redis{
-			conf: []string{conf}, args: []string{"--sentinel"}, ready: "+monitor master " + SentinelMaster,
-		}))
+		s.addrs = append(s.addrs, startSentinel(t, bin, conf))
 	}
-	for _, sn := range s.Sentinels {
-		c := sn.SentinelClient(t)
+	for i := range s.addrs {
+		c := s.Client(t, i)
 		// Sentinels find each other through hello messages on the master
 		// every 2 s, and the replica in the master's INFO.
 		WaitFor(t, 30*time.Second, "every sentinel to know the replica and the other sentinels", func() bool {
 			peers, err := c.Sentinels(ctx, SentinelMaster).Result()
-			if err != nil || len(peers) != len(s.Sentinels)-1 {
+			if err != nil || len(peers) != len(s.addrs)-1 {
 				return false
 			}
 			replicas, err := c.Replicas(ctx, SentinelMaster).Result()
@@ -85,13 +93,76 @@ func StartSentinel(t testing.TB) *Sentinel {
 	return s
 }
 
-// Addrs are the sentinels' host:port.
-func (s *Sentinel) Addrs() []string {
-	var addrs []string
-	for _, sn := range s.Sentinels {
-		addrs = append(addrs, sn.Addr())
+// startSentinel runs redis-server in sentinel mode with the configuration
+// file conf on a free port until the end of the test, and returns its
+// host:port once it monitors the master.
+func startSentinel(t testing.TB, bin, conf string) string {
+	t.Helper()
+	var lastErr error
+	for range 5 { // a free port may be taken before the sentinel binds it
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
+		if lastErr = runSentinel(t, bin, conf, addr); lastErr == nil {
+			return addr
+		}
 	}
-	return addrs
+	t.Fatalf("start redis-server --sentinel: %v", lastErr)
+	return ""
+}
+
+func runSentinel(t testing.TB, bin, conf, addr string) error {
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, conf, "--sentinel", "--port", port, "--bind", "127.0.0.1", "--logfile", "", "--loglevel", "notice")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	ready, done := make(chan struct{}), make(chan struct{})
+	var log strings.Builder
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		signalled := false
+		for sc.Scan() {
+			if !signalled {
+				log.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), "+monitor master "+SentinelMaster) {
+					signalled = true
+					close(ready)
+				}
+			}
+		}
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+	}()
+	select {
+	case <-ready:
+	case <-done:
+		return fmt.Errorf("redis-server --sentinel exited:\n%s", log.String())
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("redis-server --sentinel not monitoring after 30s:\n%s", log.String())
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	return nil
+}
+
+// Addrs are the sentinels' host:port.
+func (s *Sentinel) Addrs() []string { return slices.Clone(s.addrs) }
+
+// Client returns a go-redis client of the i-th sentinel, closed at the
+// end of the test.
+func (s *Sentinel) Client(t testing.TB, i int) *redis.SentinelClient {
+	c := redis.NewSentinelClient(&redis.Options{Addr: s.addrs[i], MaxRetries: -1})
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // SwitchMaster returns a channel that receives the new master's host:port
@@ -99,7 +170,7 @@ func (s *Sentinel) Addrs() []string {
 // from before it returns.
 func (s *Sentinel) SwitchMaster(t testing.TB) <-chan string {
 	t.Helper()
-	ps := s.Sentinels[0].SentinelClient(t).Subscribe(context.Background(), "+switch-master")
+	ps := s.Client(t, 0).Subscribe(context.Background(), "+switch-master")
 	if _, err := ps.Receive(context.Background()); err != nil {
 		t.Fatalf("subscribe +switch-master: %v", err)
 	}
@@ -118,13 +189,3 @@ func (s *Sentinel) SwitchMaster(t testing.TB) <-chan string {
 	}()
 	return out
 }
-
-// SentinelClient returns a go-redis client of r, a sentinel process,
-// closed at the end of the test.
-func (r *Redis) SentinelClient(t testing.TB) *redis.SentinelClient {
-	c := redis.NewSentinelClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func portOf(r *Redis) string { return fmt.Sprint(r.port) }
