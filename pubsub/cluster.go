@@ -71,8 +71,13 @@ func (c *RedisConfig) validateCluster() error {
 	if c.ClusterAddrs == "" {
 		return nil
 	}
-	if c.URL != "" {
-		return errors.New("RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS are both set; set exactly one")
+	switch {
+	case c.URL != "":
+		return errors.New("RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS are both set; want one Redis mode: RELAY_REDIS_URL (standalone), RELAY_REDIS_SENTINEL_ADDRS (Sentinel) or RELAY_REDIS_CLUSTER_ADDRS (Cluster)")
+	case len(c.SentinelAddrs) > 0:
+		return errors.New("RELAY_REDIS_SENTINEL_ADDRS and RELAY_REDIS_CLUSTER_ADDRS are both set; want one Redis mode: RELAY_REDIS_URL (standalone), RELAY_REDIS_SENTINEL_ADDRS (Sentinel) or RELAY_REDIS_CLUSTER_ADDRS (Cluster)")
+	case c.Username != "" || c.Password != "" || c.DB != 0:
+		return errors.New("RELAY_REDIS_USERNAME, RELAY_REDIS_PASSWORD or RELAY_REDIS_DB is set with RELAY_REDIS_CLUSTER_ADDRS; want the credentials in the first seed: redis://user:password@host:port (a Redis Cluster has database 0 only)")
 	}
 	if _, _, err := parseSeeds(c.ClusterAddrs); err != nil {
 		return fmt.Errorf("RELAY_REDIS_CLUSTER_ADDRS: %w", err)

@@ -58,7 +58,7 @@ func TestRedisClusterConfigErrors(t *testing.T) {
 	for _, tt := range []struct {
 		url, addrs, prefix, want string
 	}{
-		{"redis://127.0.0.1:6379/0", "127.0.0.1:7000", "relay:", "RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS are both set; set exactly one"},
+		{"redis://127.0.0.1:6379/0", "127.0.0.1:7000", "relay:", "RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS are both set; want one Redis mode: RELAY_REDIS_URL (standalone), RELAY_REDIS_SENTINEL_ADDRS (Sentinel) or RELAY_REDIS_CLUSTER_ADDRS (Cluster)"},
 		{"", "127.0.0.1", "relay:", "RELAY_REDIS_CLUSTER_ADDRS"},
 		{"", "127.0.0.1:7000,http://x:1", "relay:", "RELAY_REDIS_CLUSTER_ADDRS"},
 		{"", "127.0.0.1:7000", "re}lay:", "RELAY_CHANNEL_PREFIX"},

@@ -14,6 +14,8 @@
 // order, probe.go the probes that prove a subscriber connection delivers,
 // cluster.go Redis Cluster with sharded pub/sub (SPUBLISH and SSUBSCRIBE,
 // one subscriber connection per master, following the slot map).
+// sentinel.go the Sentinel mode (the master that Redis Sentinel names,
+// followed through failovers).
 //
 // Channels may keep history ([Historian]): each message then carries an
 // offset in its channel's epoch, and a subscriber that missed messages reads

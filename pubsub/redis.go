@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +24,20 @@ import (
 type RedisConfig struct {
 	// URL is the Redis to connect to: redis://[user:password@]host:port/db,
 	// rediss:// for TLS, or unix:///path.
-	URL string `envconfig:"REDIS_URL" desc:"Redis URL (redis://host:6379/0, rediss:// for TLS); empty runs the embedded in-memory broker (one node)"`
+	URL string `envconfig:"REDIS_URL" desc:"Redis URL (redis://host:6379/0, rediss:// for TLS); empty, with no other Redis mode set, runs the embedded in-memory broker (one node)"`
+	// SentinelAddrs, instead of URL, runs the broker on the master that
+	// Redis Sentinel names: the sentinels to ask, host:port each. The
+	// broker follows the master through failovers.
+	SentinelAddrs []string `envconfig:"REDIS_SENTINEL_ADDRS" desc:"Sentinel mode, instead of RELAY_REDIS_URL: comma-separated host:port of the Redis Sentinels that name the master"`
+	// SentinelMaster is the name the sentinels monitor the master under.
+	SentinelMaster string `envconfig:"REDIS_SENTINEL_MASTER" desc:"Sentinel mode: the master's name in the sentinels' configuration (sentinel monitor NAME ...)"`
+	// SentinelPassword authenticates the broker to the sentinels.
+	SentinelPassword string `envconfig:"REDIS_SENTINEL_PASSWORD" desc:"Sentinel mode: password of the sentinels (their requirepass); empty = none"`
+	// Username, Password and DB are those of the Redis servers in Sentinel
+	// mode; in standalone mode they are part of URL.
+	Username string `envconfig:"REDIS_USERNAME" desc:"Sentinel mode: ACL user of the Redis servers; empty = default (standalone: put it in RELAY_REDIS_URL)"`
+	Password string `envconfig:"REDIS_PASSWORD" desc:"Sentinel mode: password of the Redis servers; empty = none (standalone: put it in RELAY_REDIS_URL)"`
+	DB       int    `envconfig:"REDIS_DB" default:"0" desc:"Sentinel mode: database number (standalone: put it in RELAY_REDIS_URL)"`
 	// ClusterAddrs are the seed nodes of a Redis Cluster, comma-separated:
 	// host:port, or redis://[user:password@]host:port (rediss:// for TLS),
 	// whose user, password and TLS, from the first seed, apply to every
@@ -61,8 +76,9 @@ const (
 	minProbe             = 10 * time.Millisecond
 )
 
-// Validate reports the first invalid field, naming its variable. An empty
-// URL is valid: the node then runs the in-memory broker.
+// Validate reports the first invalid field, naming its variable. No Redis
+// mode at all (no URL, SentinelAddrs nor ClusterAddrs) is valid: the node
+// then runs the in-memory broker.
 func (c *RedisConfig) Validate() error {
 	if c.Subscribers < 1 || c.Subscribers > 64 {
 		return fmt.Errorf("RELAY_REDIS_SUBSCRIBERS: %d; want 1-64", c.Subscribers)
@@ -87,7 +103,39 @@ func (c *RedisConfig) Validate() error {
 			return fmt.Errorf("RELAY_REDIS_URL: %w; want redis://host:port/db, rediss:// or unix://", err)
 		}
 	}
+	return c.validateSentinel()
+}
+
+// validateSentinel checks the Sentinel mode's variables: one mode at a
+// time, and a master name with the sentinels.
+func (c *RedisConfig) validateSentinel() error {
+	sentinel := len(c.SentinelAddrs) > 0
+	switch {
+	case sentinel && c.URL != "":
+		return errors.New("RELAY_REDIS_URL and RELAY_REDIS_SENTINEL_ADDRS are both set; want one Redis mode: RELAY_REDIS_URL (standalone) or RELAY_REDIS_SENTINEL_ADDRS with RELAY_REDIS_SENTINEL_MASTER (Sentinel)")
+	case sentinel && c.SentinelMaster == "":
+		return errors.New("RELAY_REDIS_SENTINEL_ADDRS is set without RELAY_REDIS_SENTINEL_MASTER; want the master's name in the sentinels' configuration (sentinel monitor NAME ...)")
+	case !sentinel && c.SentinelMaster != "":
+		return errors.New("RELAY_REDIS_SENTINEL_MASTER is set without RELAY_REDIS_SENTINEL_ADDRS; want the sentinels' host:port, comma-separated")
+	case !sentinel && c.SentinelPassword != "":
+		return errors.New("RELAY_REDIS_SENTINEL_PASSWORD is set without RELAY_REDIS_SENTINEL_ADDRS")
+	case c.URL != "" && (c.Username != "" || c.Password != "" || c.DB != 0):
+		return errors.New("RELAY_REDIS_USERNAME, RELAY_REDIS_PASSWORD or RELAY_REDIS_DB is set with RELAY_REDIS_URL; want them in the URL: redis://user:password@host:port/db")
+	case c.DB < 0:
+		return fmt.Errorf("RELAY_REDIS_DB: %d; want a database number, 0 or more", c.DB)
+	}
+	for _, a := range c.SentinelAddrs {
+		if _, port, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil || port == "" {
+			return fmt.Errorf("RELAY_REDIS_SENTINEL_ADDRS: %q; want host:port, comma-separated", a)
+		}
+	}
 	return nil
+}
+
+// Enabled reports whether a Redis is configured, in any mode; without one
+// a node runs the in-memory broker.
+func (c *RedisConfig) Enabled() bool {
+	return c.URL != "" || len(c.SentinelAddrs) > 0 || c.ClusterAddrs != ""
 }
 
 // probePrefix starts the name of every probe channel (after the prefix).
@@ -156,6 +204,11 @@ type Redis struct {
 	wg      sync.WaitGroup // Run's goroutines; added to under runMu while !stopped
 
 	closeOnce sync.Once
+
+	// master is the address of the master dialed last, in Sentinel mode
+	// (sentinel.go).
+	masterMu sync.Mutex
+	master   string
 }
 
 // RedisStats are the Redis broker's counters since NewRedis. Every field
@@ -196,8 +249,9 @@ type redisCounters struct {
 }
 
 // NewRedis validates cfg and returns a broker for the Redis at cfg.URL, or
-// for the Redis Cluster of cfg.ClusterAddrs. It does not wait for Redis: a broker made while Redis is down answers
-// ErrUnavailable until Redis is back.
+// for the master the sentinels of cfg.SentinelAddrs name, or for the Redis
+// Cluster of cfg.ClusterAddrs. It does not wait for Redis: a broker made
+// while Redis is down answers ErrUnavailable until Redis is back.
 func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -212,42 +266,45 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	if cfg.Instance == "" {
 		cfg.Instance = nonce[:12]
 	}
-	var client redis.UniversalClient
 	var cluster *clusterState
+	var clusterClient *redis.ClusterClient
 	if cfg.ClusterAddrs != "" {
 		cc, cl, err := newClusterClient(cfg)
 		if err != nil {
 			return nil, err
 		}
-		client, cluster = cc, cl
-	} else {
-		opt, err := redis.ParseURL(cfg.URL)
-		if err != nil {
+		clusterClient, cluster = cc, cl
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var opt *redis.Options
+	if cfg.URL != "" {
+		var err error
+		if opt, err = redis.ParseURL(cfg.URL); err != nil {
 			return nil, fmt.Errorf("RELAY_REDIS_URL: %w", err)
 		}
 		opt.DialTimeout = cfg.Timeout
 		opt.ReadTimeout = cfg.Timeout
 		opt.WriteTimeout = cfg.Timeout
-		opt.PoolSize = cfg.Pipelines + cfg.Subscribers + 4
+		opt.PoolSize = cfg.poolSize()
 		opt.MaxRetries = -1 // a publish is acknowledged once, never replayed
 		// The broker owns its connections' lives: it replaces a failed or
-		// silent subscriber connection itself and reports the gap.
-		// go-redis's maintenance notifications (a Redis Enterprise handoff
-		// of connections during upgrades, on by default) would move
-		// connections behind its back, cost every new connection a refused
-		// command on other servers, and start goroutines in
-		// redis.NewClient, before Run.
+		// silent subscriber connection itself and reports the gap. go-redis's
+		// maintenance notifications (a Redis Enterprise handoff of connections
+		// during upgrades, on by default) would move connections behind its
+		// back, cost every new connection a refused command on other servers,
+		// and start goroutines in redis.NewClient, before Run.
 		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-		client = redis.NewClient(opt)
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	cfg.SentinelAddrs = slices.Clone(cfg.SentinelAddrs)
+	for i, a := range cfg.SentinelAddrs {
+		cfg.SentinelAddrs[i] = strings.TrimSpace(a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Redis{
 		cfg:       cfg,
 		log:       log,
-		client:    client,
 		cluster:   cluster,
 		nonce:     nonce,
 		probeBack: make(chan struct{}, 1),
@@ -255,6 +312,14 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		closing:   make(chan struct{}),
+	}
+	switch {
+	case clusterClient != nil:
+		b.client = clusterClient
+	case opt != nil:
+		b.client = redis.NewClient(opt)
+	default:
+		b.client = newFailoverClient(b)
 	}
 	for range cfg.Pipelines {
 		b.pipes = append(b.pipes, &pipeline{b: b})

@@ -430,26 +430,31 @@ func BenchmarkRedisPublish(b *testing.B) {
 	r := testenv.StartRedis(b)
 	for _, publishers := range []int{1, 64} {
 		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
-			br := newRedis(b, redisConfig(r))
-			m := pubsub.Message{Origin: "bench", Payload: make([]byte, 128)}
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			per := b.N/publishers + 1
-			for range publishers {
-				wg.Go(func() {
-					for range per {
-						if err := br.Publish(context.Background(), "bench", m); err != nil {
-							panic(fmt.Sprint(err))
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+			benchPublish(b, newRedis(b, redisConfig(r)), publishers)
 		})
 	}
+}
+
+// benchPublish publishes b.N messages of 128 bytes on br from publishers
+// goroutines and reports publishes per second.
+func benchPublish(b *testing.B, br *pubsub.Redis, publishers int) {
+	m := pubsub.Message{Origin: "bench", Payload: make([]byte, 128)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	per := b.N/publishers + 1
+	for range publishers {
+		wg.Go(func() {
+			for range per {
+				if err := br.Publish(context.Background(), "bench", m); err != nil {
+					panic(fmt.Sprint(err))
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
 }
 
 // TestRedisGoroutinesOwned proves that NewRedis starts no goroutine, that

@@ -30,6 +30,7 @@ package pubsub
 //     handlers and what the connection was told about them.
 //   - shard.hmu guards what Health reads, so that Health never waits on mu.
 //     It is taken with mu held, or alone.
+//   - Redis.masterMu (Sentinel mode) is taken with mu held, or alone.
 //   - redisChan.dmu is held by receive while it calls the handlers of that
 //     channel for one message, and taken and released by remove after it
 //     removed its handler, so that stop returns only once no call of that
@@ -66,6 +67,8 @@ type shard struct {
 	wake chan struct{}
 	// retry cuts run's backoff short when a Subscribe waits (buffer 1).
 	retry chan struct{}
+	// follow tells run that the Sentinel master moved (buffer 1).
+	follow chan struct{}
 
 	mu sync.Mutex
 	// probeChan is the full Redis channel of the shard's probes, for the
@@ -79,6 +82,8 @@ type shard struct {
 	// downc is closed, and replaced, whenever a connection attempt fails:
 	// it fails Subscribe calls waiting for the connection.
 	downc chan struct{}
+	// psAddr is the server ps leads to, in Sentinel mode (sentinel.go).
+	psAddr string
 	// chans holds the channels with handlers: those the shard wants
 	// subscribed.
 	chans map[string]*redisChan
@@ -142,6 +147,7 @@ func newShard(b *Redis, idx int) *shard {
 		displaced: make(map[string]struct{}),
 		wake:      make(chan struct{}, 1),
 		retry:     make(chan struct{}, 1),
+		follow:    make(chan struct{}, 1),
 		chans:     make(map[string]*redisChan),
 		sent:      make(map[string]struct{}),
 		dirty:     make(map[string]struct{}),
@@ -450,6 +456,8 @@ func (sh *shard) serve(ps *redis.PubSub, reconnect, outage bool) (live bool, err
 		select {
 		case <-sh.wake:
 			sh.sync(ps)
+		case <-sh.follow:
+			sh.leave(sh.b.currentMaster())
 		case <-done:
 			return live, err
 		}
@@ -502,16 +510,30 @@ func (sh *shard) connect() (*redis.PubSub, error) {
 	} else {
 		ps = b.client.(*redis.Client).Subscribe(ctx)
 	}
-	if err := sh.write(ctx, ps, true, []string{probe}); err != nil {
+	// The dial hook of Sentinel mode (sentinel.go) records the server
+	// this connection leads to.
+	dialed := new(dialedAddr)
+	if err := sh.write(context.WithValue(ctx, dialedKey{}, dialed), ps, true, []string{probe}); err != nil {
 		ps.Close()
 		return nil, err
 	}
+	dialed.mu.Lock()
+	addr := dialed.addr
+	dialed.mu.Unlock()
 	sh.mu.Lock()
 	if sh.closed() { // stop did not see ps
 		sh.mu.Unlock()
 		ps.Close()
 		return nil, ErrClosed
 	}
+	if master := b.currentMaster(); addr != "" && addr != master {
+		// The master moved while ps was being opened: leave would not
+		// have seen ps.
+		sh.mu.Unlock()
+		ps.Close()
+		return nil, fmt.Errorf("the Redis master moved from %s to %s", addr, master)
+	}
+	sh.psAddr = addr
 	full := make([]string, 0, len(sh.chans))
 	clear(sh.sent)
 	clear(sh.dirty)

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/relay-pubsub/relay/internal/testenv"
 	"github.com/relay-pubsub/relay/node/nodetest"
@@ -33,20 +30,5 @@ func TestClusterPlainSPublish(t *testing.T) {
 	}
 	if got := nodetest.ReadText(t, ws); got != "hello from redis-cli" {
 		t.Errorf("WebSocket client read %q, want hello from redis-cli", got)
-	}
-}
-
-// TestClusterModeMix: RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS
-// together stop the node at start with one line.
-func TestClusterModeMix(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, testenv.RelayBinary(t))
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "RELAY_ADDR=127.0.0.1:0",
-		"RELAY_REDIS_URL=redis://127.0.0.1:1/0", "RELAY_REDIS_CLUSTER_ADDRS=127.0.0.1:2"}
-	out, err := cmd.CombinedOutput()
-	want := "relay: RELAY_REDIS_URL and RELAY_REDIS_CLUSTER_ADDRS are both set; set exactly one\n"
-	if err == nil || string(out) != want {
-		t.Errorf("both modes set: %v, printed %q; want a non-zero exit and %q", err, out, want)
 	}
 }

@@ -218,7 +218,7 @@ func serve(stderr io.Writer) int {
 
 	reg := prometheus.NewRegistry() // the node's: /metrics serves it
 	var broker pubsub.Broker
-	if cfg.URL == "" && cfg.ClusterAddrs == "" {
+	if !cfg.RedisConfig.Enabled() {
 		broker = pubsub.NewMemory()
 		log.Info("broker: embedded in-memory (one node); set RELAY_REDIS_URL to join a cluster")
 	} else {
@@ -234,10 +234,13 @@ func serve(stderr io.Writer) int {
 		}
 		broker = rb
 		reg.MustRegister(rb)
-		if cfg.ClusterAddrs != "" {
+		switch {
+		case cfg.ClusterAddrs != "":
 			log.Info("broker: redis cluster, sharded pub/sub", "seeds", redactSeeds(cfg.ClusterAddrs), "prefix", cfg.Prefix)
-		} else {
+		case cfg.URL != "":
 			log.Info("broker: redis", "redis", redactURL(cfg.URL), "prefix", cfg.Prefix)
+		default:
+			log.Info("broker: redis sentinel", "sentinels", strings.Join(cfg.SentinelAddrs, ","), "master", cfg.SentinelMaster, "prefix", cfg.Prefix)
 		}
 		// The broker runs until Close (deferred below, so it runs first),
 		// after the node drained; its Run returns before this does.

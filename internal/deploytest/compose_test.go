@@ -358,3 +358,121 @@ func readYAML(t *testing.T, path string, v any) {
 		t.Fatalf("%s: %v", path, err)
 	}
 }
+
+// TestComposeCluster checks the profile cluster: a second stack on a
+// three-shard Redis Cluster (three redis-server with cluster-enabled and
+// a one-shot service that creates the cluster), three nodes configured by
+// RELAY_REDIS_CLUSTER_ADDRS alone and their own load balancer, on a network
+// of their own where the nodes answer to the names deploy/nginx.conf uses.
+// No test runs it (the stand-in images have no Redis Cluster set-up); this
+// is its test.
+func TestComposeCluster(t *testing.T) {
+	root := repoRoot(t)
+	p := loadCompose(t, nil, "cluster")
+	svc := func(name string) types.ServiceConfig {
+		t.Helper()
+		s, err := p.GetService(name)
+		if err != nil {
+			t.Fatalf("service %s with --profile cluster: %v", name, err)
+		}
+		if !slices.Equal(s.Profiles, []string{"cluster"}) {
+			t.Errorf("%s: profiles = %v, want [cluster]", name, s.Profiles)
+		}
+		if _, ok := s.Networks["cluster"]; !ok || len(s.Networks) != 1 {
+			t.Errorf("%s: networks = %v, want only cluster", name, s.Networks)
+		}
+		return s
+	}
+	shards := []string{"redis-shard-1", "redis-shard-2", "redis-shard-3"}
+	var seeds []string
+	for _, name := range shards {
+		s := svc(name)
+		if !strings.HasPrefix(s.Image, "redis:7") {
+			t.Errorf("%s image = %q, want redis 7 (sharded pub/sub)", name, s.Image)
+		}
+		if cmd := strings.Join(s.Command, " "); !strings.Contains(cmd, "--cluster-enabled yes") {
+			t.Errorf("%s command %q, want --cluster-enabled yes", name, cmd)
+		}
+		if hc := s.HealthCheck; hc == nil || !slices.Contains(hc.Test, "ping") {
+			t.Errorf("%s healthcheck = %+v, want redis-cli ping", name, s.HealthCheck)
+		}
+		seeds = append(seeds, name+":6379")
+	}
+
+	init := svc("redis-cluster-init")
+	script := strings.Join(init.Command, " ")
+	for _, want := range append([]string{"redis-cli --cluster create", "--cluster-yes", "cluster_state:ok"}, shards...) {
+		if !strings.Contains(script, want) {
+			t.Errorf("redis-cluster-init command %q lacks %q", script, want)
+		}
+	}
+	if init.Restart != "no" {
+		t.Errorf("redis-cluster-init restart = %q, want no: it runs once", init.Restart)
+	}
+	for _, name := range shards {
+		if d, ok := init.DependsOn[name]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("redis-cluster-init: depends_on = %+v, want %s: service_healthy", init.DependsOn, name)
+		}
+	}
+
+	allowed := relayVars(t)
+	ids := map[string]bool{}
+	for _, name := range relayServices {
+		ids[*svc0(t, loadCompose(t, nil), name).Environment["RELAY_NODE_ID"]] = true
+	}
+	nodes := []string{"relay-cluster-1", "relay-cluster-2", "relay-cluster-3"}
+	for i, name := range nodes {
+		s := svc(name)
+		if s.Build == nil || s.Build.Context != root || s.Image != "relay:local" {
+			t.Errorf("%s: build %+v image %q, want the one image built from the repository", name, s.Build, s.Image)
+		}
+		if a := s.Environment["RELAY_REDIS_CLUSTER_ADDRS"]; a == nil || *a != strings.Join(seeds, ",") {
+			t.Errorf("%s: RELAY_REDIS_CLUSTER_ADDRS = %v, want %s", name, a, strings.Join(seeds, ","))
+		}
+		if u := s.Environment["RELAY_REDIS_URL"]; u != nil && *u != "" {
+			t.Errorf("%s: RELAY_REDIS_URL = %q with the cluster's seeds: the node refuses two Redis modes", name, *u)
+		}
+		for k := range s.Environment {
+			if !slices.Contains(allowed, k) {
+				t.Errorf("%s: environment %s is not a variable relay knows", name, k)
+			}
+		}
+		if id := s.Environment["RELAY_NODE_ID"]; id == nil || *id == "" || ids[*id] {
+			t.Errorf("%s: RELAY_NODE_ID = %v, want one of its own", name, id)
+		} else {
+			ids[*id] = true
+		}
+		if d, ok := s.DependsOn["redis-cluster-init"]; !ok || d.Condition != types.ServiceConditionCompletedSuccessfully || len(s.DependsOn) != 1 {
+			t.Errorf("%s: depends_on = %+v, want only redis-cluster-init: service_completed_successfully", name, s.DependsOn)
+		}
+		if n := s.Networks["cluster"]; n == nil || !slices.Equal(n.Aliases, []string{relayServices[i]}) {
+			t.Errorf("%s: network cluster %+v, want the alias %s (deploy/nginx.conf's upstream)", name, n, relayServices[i])
+		}
+		if hc := s.HealthCheck; hc == nil || !slices.Equal([]string(hc.Test), []string{"CMD", "/relay", "healthcheck"}) {
+			t.Errorf("%s: healthcheck = %+v, want CMD /relay healthcheck", name, s.HealthCheck)
+		}
+		if len(s.Ports) != 0 {
+			t.Errorf("%s publishes ports %+v: only the load balancer should", name, s.Ports)
+		}
+	}
+
+	lb := svc("lb-cluster")
+	if len(lb.Ports) != 1 || lb.Ports[0].Target != 80 || lb.Ports[0].Published != "8081" || lb.Ports[0].HostIP != "127.0.0.1" {
+		t.Errorf("lb-cluster ports = %+v, want 127.0.0.1:8081->80 by default", lb.Ports)
+	}
+	if !slices.ContainsFunc(lb.Volumes, func(v types.ServiceVolumeConfig) bool {
+		return v.Type == types.VolumeTypeBind && v.Source == filepath.Join(root, "deploy", "nginx.conf") && v.ReadOnly
+	}) {
+		t.Errorf("lb-cluster volumes = %+v, want deploy/nginx.conf read-only", lb.Volumes)
+	}
+	for _, name := range nodes {
+		if d, ok := lb.DependsOn[name]; !ok || d.Condition != types.ServiceConditionHealthy {
+			t.Errorf("lb-cluster: depends_on = %+v, want %s: service_healthy", lb.DependsOn, name)
+		}
+	}
+
+	p2 := loadCompose(t, []string{"RELAY_CLUSTER_PORT=18081"}, "cluster")
+	if lb2, err := p2.GetService("lb-cluster"); err != nil || lb2.Ports[0].Published != "18081" {
+		t.Errorf("RELAY_CLUSTER_PORT does not move lb-cluster's published port: %+v", lb2.Ports)
+	}
+}
