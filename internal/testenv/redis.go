@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -149,13 +149,13 @@ func (r *Redis) Stop() {
 // listening socket (the kernel still completes new connections into its
 // backlog) but answers nothing, as a server stalled in a long command, a
 // swap storm or a frozen VM does, until Resume.
-func (r *Redis) Pause() { r.signal(syscall.SIGSTOP) }
+func (r *Redis) Pause() { r.signal(stopSignal) }
 
 // Resume continues the server after Pause (SIGCONT): it then answers,
 // in order, everything sent to it meanwhile.
-func (r *Redis) Resume() { r.signal(syscall.SIGCONT) }
+func (r *Redis) Resume() { r.signal(contSignal) }
 
-func (r *Redis) signal(sig syscall.Signal) {
+func (r *Redis) signal(sig os.Signal) {
 	r.t.Helper()
 	r.mu.Lock()
 	cmd := r.cmd
