@@ -222,20 +222,15 @@ func TestAPIBroadcast(t *testing.T) {
 // channelsOf returns GET /api/channels of s once both nodes answer.
 func channelsOf(t *testing.T, s *nodetest.Server, query string, nodes int) protocol.ChannelsResult {
 	t.Helper()
-	deadline := time.Now().Add(nodetest.Timeout)
-	for {
-		var res protocol.ChannelsResult
+	var res protocol.ChannelsResult
+	// The nodes learn of each other through their announcements: no
+	// event of theirs reaches the test.
+	testenv.WaitFor(t, nodetest.Timeout, fmt.Sprintf("GET /api/channels answered by %d nodes", nodes), func() bool {
+		res = protocol.ChannelsResult{}
 		apiResult(t, apiDo(t, "GET", s.URL+"/api/channels"+query, nil, ""), &res)
-		if len(res.Nodes) == nodes && len(res.Missing) == 0 {
-			return res
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GET /api/channels: nodes %v, missing %v; want %d nodes", res.Nodes, res.Missing, nodes)
-		}
-		// The nodes learn of each other through their announcements: no
-		// event of theirs reaches the test.
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(res.Nodes) == nodes && len(res.Missing) == 0
+	})
+	return res
 }
 
 // TestAPIChannels: GET /api/channels counts the subscribers of both
@@ -249,13 +244,11 @@ func TestAPIChannels(t *testing.T) {
 	nodetest.Dial(t, nodes[1].WS+"/ws/chat:1", nil)
 	want := map[string]protocol.ChannelInfo{"chat:1": {Subscribers: 3}, "chat:2": {Subscribers: 1}, "news": {Subscribers: 1}}
 	var res protocol.ChannelsResult
-	for deadline := time.Now().Add(nodetest.Timeout); ; time.Sleep(10 * time.Millisecond) {
-		// The raw connection subscribes after its upgrade: poll for it too.
+	// The raw connection subscribes after its upgrade: poll for it too.
+	testenv.WaitFor(t, nodetest.Timeout, "the channels of both nodes", func() bool {
 		res = channelsOf(t, nodes[0], "", 2)
-		if fmt.Sprint(res.Channels) == fmt.Sprint(want) || time.Now().After(deadline) {
-			break
-		}
-	}
+		return fmt.Sprint(res.Channels) == fmt.Sprint(want)
+	})
 	if fmt.Sprint(res.Channels) != fmt.Sprint(want) || !slices.Equal(res.Nodes, []string{"node-1", "node-2"}) {
 		t.Fatalf("channels %v of nodes %v, want %v of both", res.Channels, res.Nodes, want)
 	}
