@@ -109,6 +109,7 @@ vulncheck:
 		set -e; osv=$$($(GO) mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p')/data/osv; \
 		echo "vulncheck: indexing $$osv into $(VULNDB)"; rm -rf bin/vulndb; \
 		$(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) -vulns "$$osv" -out $(VULNDB); fi
+	@mkdir -p bin
 	$(GO) run golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION) -db file://$(CURDIR)/$(VULNDB) -format json ./... > bin/vulncheck.json
 	$(GO) run ./internal/vulncheck < bin/vulncheck.json
 
