@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/relay-pubsub/relay/internal/rawio"
 )
 
 // RedisConfig configures the Redis broker. Field tags document the
@@ -207,6 +210,17 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	// back, cost every new connection a refused command on other servers,
 	// and start goroutines in redis.NewClient, before Run.
 	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	// Publish round trips and subscriber connections read and write with
+	// raw system calls (internal/rawio): each message wakes a node from
+	// idle, and Go's own reads would wake the runtime's monitor thread too.
+	dial := redis.NewDialer(opt)
+	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawio.Wrap(c), nil
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
