@@ -237,7 +237,7 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		closing:   make(chan struct{}),
 	}
 	for range cfg.Pipelines {
-		b.pipes = append(b.pipes, &pipeline{b: b})
+		b.pipes = append(b.pipes, &pipeline{b: b, pipe: b.client.Pipeline()})
 	}
 	for i := range cfg.Subscribers {
 		b.shards = append(b.shards, newShard(b, i))
