@@ -75,7 +75,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 	r.op.p, r.op.n, r.op.errno = nil, 0, 0
 	switch {
 	case err != nil:
-		return 0, err
+		return 0, renameOp(err, "read")
 	case errno != 0:
 		return 0, opError(r.c, "read", errno)
 	case n == 0:
@@ -95,11 +95,20 @@ func (w *Writer) Write(p []byte) (int, error) {
 	w.op.p, w.op.n, w.op.errno = nil, 0, 0
 	switch {
 	case err != nil:
-		return n, err
+		return n, renameOp(err, "write")
 	case errno != 0:
 		return n, opError(w.c, "write", errno)
 	}
 	return n, nil
+}
+
+// renameOp names the operation of an error of RawConn ("raw-read") as
+// net.Conn's would be named, for the logs that show it.
+func renameOp(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
 }
 
 func opError(c net.Conn, op string, errno syscall.Errno) error {

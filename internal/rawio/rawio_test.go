@@ -103,8 +103,10 @@ func TestReadDeadlineAndClose(t *testing.T) {
 		done <- err
 	}()
 	w.Close()
-	if err := <-done; !errors.Is(err, net.ErrClosed) {
-		t.Fatalf("Read on a closed connection = %v; want net.ErrClosed", err)
+	err = <-done
+	var oe *net.OpError
+	if !errors.Is(err, net.ErrClosed) || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("Read on a closed connection = %v; want a read error of net.ErrClosed", err)
 	}
 }
 
