@@ -65,7 +65,8 @@ type pipeline struct {
 
 // Publish pipelines m to Redis with whatever else is pending and returns
 // once Redis has answered. When the caller sends the round trip itself, it
-// waits for it however ctx ends: up to the configured Timeout.
+// waits for it however ctx ends: each step of it up to the configured
+// Timeout (see roundTrip).
 func (b *Redis) Publish(ctx context.Context, channel string, m Message) error {
 	select {
 	case <-b.closing:
@@ -220,8 +221,15 @@ func (p *pipeline) lead(r *pubReq) {
 
 // roundTrip sends batch to Redis as one pipeline, through pipe (empty,
 // and left empty), and sets the answer of each request.
+//
+// Each step is bounded by go-redis's own timeouts, the broker's Timeout
+// each (NewRedis): the wait for a pooled connection, a dial, the write and
+// the read of the answers. go-redis takes no deadline from a context (its
+// ContextTimeoutEnabled is off), so a context.WithTimeout per round trip
+// bounded only the first two, at the cost of a timer and a channel per
+// publish: the context is the broker's, which Close cancels.
 func (b *Redis) roundTrip(pipe redis.Pipeliner, batch []*pubReq) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.cfg.Timeout)
+	ctx := b.ctx
 	hist := false
 	for _, r := range batch {
 		if r.hist != nil {
@@ -235,7 +243,6 @@ func (b *Redis) roundTrip(pipe redis.Pipeliner, batch []*pubReq) {
 	if hist {
 		b.evalUnknown(ctx, batch, cmds)
 	}
-	cancel()
 	var ok, failed uint64
 	var firstErr error
 	for i, r := range batch {

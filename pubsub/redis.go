@@ -201,6 +201,7 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	opt.DialTimeout = cfg.Timeout
 	opt.ReadTimeout = cfg.Timeout
 	opt.WriteTimeout = cfg.Timeout
+	opt.PoolTimeout = cfg.Timeout // a publish's wait for a connection (pipeline.go)
 	opt.PoolSize = cfg.Pipelines + cfg.Subscribers + 4
 	opt.MaxRetries = -1 // a publish is acknowledged once, never replayed
 	// The broker owns its connections' lives: it replaces a failed or
