@@ -131,6 +131,7 @@ func newClusterClient(cfg RedisConfig) (*redis.ClusterClient, *clusterState, err
 		return nil, nil, fmt.Errorf("RELAY_REDIS_CLUSTER_ADDRS: %w", err)
 	}
 	off := &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	dial := rawDialer(redis.NewDialer(&redis.Options{DialTimeout: cfg.Timeout, TLSConfig: first.TLSConfig}))
 	cc := redis.NewClusterClient(&redis.ClusterOptions{
 		Addrs:        addrs,
 		Username:     first.Username,
@@ -139,6 +140,8 @@ func newClusterClient(cfg RedisConfig) (*redis.ClusterClient, *clusterState, err
 		DialTimeout:  cfg.Timeout,
 		ReadTimeout:  cfg.Timeout,
 		WriteTimeout: cfg.Timeout,
+		PoolTimeout:  cfg.Timeout, // a publish's wait for a connection (pipeline.go)
+		Dialer:       dial,
 		PoolSize:     cfg.Pipelines + 4,
 		// A publish is acknowledged once, never replayed: pipelines mark
 		// their commands noRetry, so that only a MOVED or ASK, which
@@ -154,6 +157,8 @@ func newClusterClient(cfg RedisConfig) (*redis.ClusterClient, *clusterState, err
 			DialTimeout:  cfg.Timeout,
 			ReadTimeout:  cfg.Timeout,
 			WriteTimeout: cfg.Timeout,
+			PoolTimeout:  cfg.Timeout,
+			Dialer:       dial,
 			PoolSize:     2, // the shard's subscriber connection and slot map reads
 			MaxRetries:   -1,
 			// See NewRedis.

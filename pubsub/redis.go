@@ -17,6 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/relay-pubsub/relay/internal/rawio"
 )
 
 // RedisConfig configures the Redis broker. Field tags document the
@@ -296,6 +298,8 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		// back, cost every new connection a refused command on other servers,
 		// and start goroutines in redis.NewClient, before Run.
 		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+		opt.PoolTimeout = cfg.Timeout // a publish's wait for a connection (pipeline.go)
+		opt.Dialer = rawDialer(redis.NewDialer(opt))
 	}
 	cfg.SentinelAddrs = slices.Clone(cfg.SentinelAddrs)
 	for i, a := range cfg.SentinelAddrs {
@@ -322,7 +326,7 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 		b.client = newFailoverClient(b)
 	}
 	for range cfg.Pipelines {
-		b.pipes = append(b.pipes, &pipeline{b: b})
+		b.pipes = append(b.pipes, &pipeline{b: b, pipe: b.client.Pipeline()})
 	}
 	if cluster == nil {
 		for i := range cfg.Subscribers {
@@ -519,4 +523,18 @@ func shardOf(channel string, n int) int {
 	h := fnv.New32a()
 	h.Write([]byte(channel))
 	return int(h.Sum32() % uint32(n))
+}
+
+// rawDialer makes the connections of dial read and write with raw system
+// calls (internal/rawio), in every Redis mode: each message wakes a node
+// from idle, and Go's own reads and writes would wake the runtime's
+// monitor thread too (docs/BENCHMARKS.md, issue #10).
+func rawDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawio.Wrap(c), nil
+	}
 }

@@ -46,7 +46,9 @@ func newFailoverClient(b *Redis) *redis.Client {
 		ReadTimeout:      cfg.Timeout,
 		WriteTimeout:     cfg.Timeout,
 		PoolSize:         cfg.poolSize(),
-		MaxRetries:       -1, // a publish is acknowledged once, never replayed
+		PoolTimeout:      cfg.Timeout, // a publish's wait for a connection (pipeline.go)
+		MaxRetries:       -1,          // a publish is acknowledged once, never replayed
+		Dialer:           rawDialer(redis.NewDialer(&redis.Options{DialTimeout: cfg.Timeout})),
 	})
 	c.AddHook(masterHook{b})
 	return c

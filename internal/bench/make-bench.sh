@@ -2,14 +2,16 @@
 # make-bench.sh: reproduce the benchmark table of issue 6 / docs/BENCHMARKS.md.
 #
 # Builds relay, then for each row starts a fresh redis-server on a free
-# loopback port and two relay nodes against it, runs `relay bench` with the
+# loopback port and two relay nodes against it (each on a port of its own
+# choosing, read from its log), runs `relay bench` with the
 # node and Redis PIDs, collects its JSON line, stops everything, and at the
 # end prints the rows as a markdown table. Every row is bounded by timeout(1);
 # everything the script started is killed on exit.
 #
 # Environment (all optional):
 #   BENCH_ROWS       rows to run (default: fanout-1k-300 fanout-1k-600 fanout-1k-1000 fanout-10k-10 idle-10k;
-#                    also known: channels-1k, connect-10k)
+#                    also known: channels-1k (100 channels x 10, 1,000 msg/s),
+#                    channels-5k (1,000 channels x 5, 2,000 msg/s), connect-10k)
 #   BENCH_MODE       raw or protocol (default raw)
 #   BENCH_WARMUP     warm-up per publishing row (default 5s)
 #   BENCH_DURATION   measurement window per publishing row (default 20s)
@@ -73,30 +75,45 @@ die() { echo "make-bench: $*" >&2; exit 1; }
 command -v "$redis_server" >/dev/null || die "redis-server not found (apt-get install redis-server)"
 command -v timeout >/dev/null || die "timeout not found (coreutils)"
 
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on now.
-free_port() {
-	local port
-	for _ in $(seq 200); do
-		port=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-			echo "$port"
-			return
-		fi
-	done
-	die "no free port found"
-}
+# Ports: each node listens on 127.0.0.1:0 and the script reads the address
+# it logs; redis-server cannot bind port 0, so it starts on a random port and
+# is started again on another when that one was taken (by another process
+# between the choice and the bind: other builds and tests share the machine).
 
-# wait_port waits (at most 15 s) until 127.0.0.1:$1 accepts connections and
-# process $2 is still alive.
-wait_port() {
+# wait_log waits (at most 15 s) until file $2 has a line matching $3 and
+# process $1 is still alive; it prints the first match.
+wait_log() {
+	local line
 	for _ in $(seq 150); do
-		kill -0 "$2" 2>/dev/null || return 1
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-			return 0
-		fi
+		kill -0 "$1" 2>/dev/null || return 1
+		line=$(grep -m1 -e "$3" "$2" 2>/dev/null) && { echo "$line"; return 0; }
 		sleep 0.1
 	done
 	return 1
+}
+
+# start_redis NAME: starts redis-server on a free port (several tries); sets
+# rport and rpid.
+start_redis() {
+	local try log
+	for try in $(seq 10); do
+		rport=$((20000 + RANDOM % 20000))
+		log=$out/redis-$1.log
+		: >"$log"
+		"$redis_server" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+			--dir "$work" --logfile "$log" --daemonize no &
+		rpid=$!
+		# "Ready to accept connections" is logged once the port is bound;
+		# a port in use makes redis-server exit instead.
+		if wait_log "$rpid" "$log" "Ready to accept connections" >/dev/null; then
+			pids+=("$rpid")
+			return
+		fi
+		kill -KILL "$rpid" 2>/dev/null || true
+		wait "$rpid" 2>/dev/null || true
+		echo "make-bench: redis-server did not start on port $rport (try $try), trying another" >&2
+	done
+	die "redis-server did not start (see $log)"
 }
 
 if [[ -z "${BENCH_RELAY:-}" ]]; then
@@ -108,25 +125,21 @@ bench_bin=${BENCH_BIN:-$BENCH_RELAY}
 
 # start_cluster starts redis-server and two nodes; sets urls and server_pids.
 start_cluster() {
-	local rport n1port n2port rpid n1pid n2pid
-	rport=$(free_port)
-	"$redis_server" --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-		--dir "$work" --logfile "$out/redis-$1.log" --daemonize no &
-	rpid=$!
-	pids+=("$rpid")
-	wait_port "$rport" "$rpid" || die "redis-server did not start (see $out/redis-$1.log)"
+	local rport rpid
+	start_redis "$1"
 	local nodepids=()
 	local urllist=()
 	for i in 1 2; do
-		local port
-		port=$(free_port)
-		RELAY_ADDR=127.0.0.1:$port RELAY_REDIS_URL=redis://127.0.0.1:$rport/0 RELAY_NODE_ID=node-$i \
-			"$BENCH_RELAY" >"$out/node$i-$1.log" 2>&1 &
+		local log=$out/node$i-$1.log line addr
+		RELAY_ADDR=127.0.0.1:0 RELAY_REDIS_URL=redis://127.0.0.1:$rport/0 RELAY_NODE_ID=node-$i \
+			"$BENCH_RELAY" >"$log" 2>&1 &
 		local pid=$!
 		pids+=("$pid")
-		wait_port "$port" "$pid" || die "node $i did not start (see $out/node$i-$1.log)"
+		line=$(wait_log "$pid" "$log" '"msg":"listening"') || die "node $i did not start (see $log)"
+		addr=$(sed -n 's/.*"addr":"\([^"]*\)".*/\1/p' <<<"$line")
+		[[ -n $addr ]] || die "node $i logged no address (see $log)"
 		nodepids+=("$pid")
-		urllist+=("ws://127.0.0.1:$port")
+		urllist+=("ws://$addr")
 	done
 	urls=$(IFS=,; echo "${urllist[*]}")
 	server_pids=$(IFS=,; echo "${nodepids[*]},$rpid")
@@ -158,6 +171,8 @@ for row in $rows; do
 	fanout-1k-1000) run_row "$row" fanout -subs 1000 -rate 1000 "${pub[@]}" ;;
 	fanout-10k-10) run_row "$row" fanout -subs 10000 -rate 10 "${pub[@]}" ;;
 	channels-1k) run_row "$row" channels -channels 100 -subs 1000 -rate 1000 -size "$size" \
+		-warmup "$warmup" -duration "$duration" -concurrency 128 ;;
+	channels-5k) run_row "$row" channels -channels 1000 -subs 5000 -rate 2000 -size "$size" \
 		-warmup "$warmup" -duration "$duration" -concurrency 128 ;;
 	idle-10k) run_row "$row" idle -subs 10000 -duration "$idle_hold" -concurrency 128 ;;
 	connect-10k) run_row "$row" connect -subs 10000 -concurrency 128 -duration 60s ;;

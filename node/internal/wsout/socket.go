@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/relay-pubsub/relay/internal/rawio"
 	"github.com/relay-pubsub/relay/node/protocol"
 )
 
@@ -33,9 +34,14 @@ type socket struct {
 	net.Conn
 	raw syscall.RawConn // nil if Conn has no file descriptor
 	out *Conn
+	rd  rawio.Reader // reads Conn without waking the runtime's monitor
 }
 
 func (s *socket) Write(p []byte) (int, error) { return s.out.writeControl(p) }
+
+// Read is how coder/websocket reads the client, on the connection's reader
+// goroutine.
+func (s *socket) Read(p []byte) (int, error) { return s.rd.Read(p) }
 
 // Close closes the socket once the control frames waiting for the turn
 // are out. coder/websocket answers a client's close frame (socket.Write)
@@ -66,6 +72,7 @@ func badCloseEcho(p []byte) bool {
 // attach makes nc the connection's socket.
 func (s *socket) attach(nc net.Conn) {
 	s.Conn = nc
+	s.rd.Init(nc)
 	if sc, ok := nc.(syscall.Conn); ok && nonblockingWrites {
 		if raw, err := sc.SyscallConn(); err == nil {
 			s.raw = raw
