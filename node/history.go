@@ -47,7 +47,9 @@ func (n *Node) historyOf(channel string) (pubsub.Historian, pubsub.HistoryOption
 // the history after since and the held messages in offset order, each
 // offset once, and from then on deliver passes the subscriber only
 // messages above the last offset it got. Once a live message beyond that
-// arrives, the recovery is dropped.
+// arrives, the recovery is dropped; if that message is not the next offset
+// (the node missed some meanwhile, and a repair of the channel skipped this
+// recovery as busy), the subscriber is told of the gap first.
 //
 // A channel with history is also watched as a whole (sequence): an offset
 // that skips ahead, or a gap event of the broker (its subscription was
@@ -71,8 +73,12 @@ type recovery struct {
 
 // take decides, for deliver, about a live message m: hold it back (or drop
 // it as a duplicate), or let it through. caught reports the first message
-// let through after finish: the recovery has done its work.
-func (r *recovery) take(m pubsub.Message, max int) (hold, caught bool) {
+// let through after finish: the recovery has done its work. hole reports
+// that this first message is not the one after the last that finish
+// queued: messages the node missed after the recovery's history read and
+// before this one, which a repair of the channel running meanwhile left to
+// this recovery (repair skips busy ones); the subscriber must be told.
+func (r *recovery) take(m pubsub.Message, max int) (hold, caught, hole bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.done {
@@ -81,14 +87,15 @@ func (r *recovery) take(m pubsub.Message, max int) (hold, caught bool) {
 		} else {
 			r.over = true
 		}
-		return true, false
+		return true, false, false
 	}
 	if m.Offset != 0 && m.Epoch == r.epoch && m.Offset <= r.last {
-		return true, false
+		return true, false, false
 	}
 	first := !r.caught
 	r.caught = true
-	return false, first
+	hole = first && m.Offset != 0 && r.epoch != "" && (m.Epoch != r.epoch || m.Offset > r.last+1)
+	return false, first, hole
 }
 
 // recovering returns c's recovery, nil when it has none; hc.mu is held.
@@ -300,8 +307,10 @@ func (hc *hubChannel) finish(c *conn, r *recovery, msgs []pubsub.Message, frames
 		if hole := m.Epoch != r.epoch || m.Offset > r.last+1; hole && !announced {
 			hc.announce(c)
 		}
-		var f msgFrames
-		c.out.Enqueue(hc.frameOf(c, m, &f))
+		if !fromHere(m) {
+			var f msgFrames
+			c.out.Enqueue(hc.frameOf(c, m, &f))
+		}
 		r.last, r.epoch, announced = m.Offset, m.Epoch, false
 	}
 	if r.over {

@@ -195,15 +195,20 @@ func (hc *hubChannel) deliver(m pubsub.Message) {
 	fromHere := m.Origin == hc.hub.nodeID
 	var raw, push *wsout.Frame
 	for _, c := range hc.subs {
-		if fromHere && m.Conn == c.id && !c.echo {
-			continue
-		}
+		// A recovering subscriber's own messages pass its recovery too,
+		// which counts their offsets (finish does not send them back).
 		if r := hc.recovering(c); r != nil {
-			hold, done := r.take(m, hc.hub.recoverMax)
+			hold, done, hole := r.take(m, hc.hub.recoverMax)
 			caught = caught || done
 			if hold {
 				continue
 			}
+			if hole {
+				hc.announce(c)
+			}
+		}
+		if fromHere && m.Conn == c.id && !c.echo {
+			continue
 		}
 		var f *wsout.Frame
 		if c.mode == modeProto {

@@ -275,6 +275,8 @@ func TestRecoverNotPossible(t *testing.T) {
 type event struct {
 	gap, recovered bool
 	m              feedMsg
+	offset         uint64 // of a message; for a subscribe, its since (failure logs)
+	subscribe      string // a subscribe's answer (failure logs only)
 }
 
 // subscriber records the events of channel until it has the last message
@@ -336,6 +338,11 @@ func (s *subscriber) run(ctx context.Context, publishers int, ready chan<- struc
 			if m.Error != nil {
 				return fmt.Errorf("subscribe: %w", m.Error)
 			}
+			sub := event{subscribe: fmt.Sprintf("subscribe to %s: %+v", s.urls[i%len(s.urls)], m.Result)}
+			if since != nil {
+				sub.offset = since.Offset
+			}
+			s.events = append(s.events, sub)
 			if m.Result != nil && m.Result.Recovered != nil {
 				if *m.Result.Recovered {
 					recoveredTo = m.Result.Offset
@@ -367,7 +374,7 @@ func (s *subscriber) run(ctx context.Context, publishers int, ready chan<- struc
 				ends++
 				continue
 			}
-			s.events = append(s.events, event{m: *m.Data, recovered: m.Offset != 0 && m.Offset <= recoveredTo})
+			s.events = append(s.events, event{m: *m.Data, offset: m.Offset, recovered: m.Offset != 0 && m.Offset <= recoveredTo})
 			if since != nil && m.Offset != 0 {
 				since.Offset = m.Offset
 			}
@@ -436,6 +443,10 @@ func tally(t *testing.T, s *subscriber, p *publisher) (delivered, recovered, ann
 			}
 		}
 		silent++
+		// What the subscriber saw around the message it lacks.
+		for i := max(before-3, 0); i < min(after+4, len(s.events)); i++ {
+			t.Logf("%s: lacks publisher %d message %d; event %d: %+v", s.channel, p.id, n, i, s.events[i])
+		}
 		return true
 	})
 	return
