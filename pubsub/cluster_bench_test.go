@@ -136,21 +136,28 @@ func BenchmarkClusterShards(b *testing.B) {
 			}
 		}
 		var got atomic.Int64
+		more := make(chan struct{}, 1) // a message arrived
 		go func() {
 			for range ps.Channel(redis.WithChannelSize(1 << 16)) {
 				got.Add(1)
+				select {
+				case more <- struct{}{}:
+				default:
+				}
 			}
 		}()
 		before := traffic(b, c)
 		data := m.AppendEnvelope(nil)
 		b.ResetTimer()
 		run(b, func(ch string) error { return cc.Publish(context.Background(), "relay:"+ch, data).Err() }, func(n int64) {
-			deadline := time.Now().Add(time.Minute)
-			for got.Load() < n { // go-redis's Channel has no other signal
-				if time.Now().After(deadline) {
+			deadline := time.NewTimer(time.Minute)
+			defer deadline.Stop()
+			for got.Load() < n {
+				select {
+				case <-more:
+				case <-deadline.C:
 					b.Fatalf("delivered %d of %d", got.Load(), n)
 				}
-				time.Sleep(time.Millisecond)
 			}
 		})
 		b.StopTimer()
