@@ -206,48 +206,7 @@ func TestClusterSlotMigration(t *testing.T) {
 		cfg.ProtoCommandRate = 0
 		cfg.NamespacesFile = ns
 	})
-	urls := []string{nodes[0].WS, nodes[1].WS}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-
-	var subs []*subscriber
-	for _, ch := range []string{"feed", "plain:feed"} {
-		for i := range urls {
-			subs = append(subs, &subscriber{channel: ch, urls: urls[i : i+1]})
-		}
-	}
-	stop := make(chan struct{})
-	ready := make(chan struct{}, len(subs))
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for _, s := range subs {
-		wg.Go(func() {
-			if err := s.run(ctx, 2, ready, stop); err != nil {
-				errs <- err
-				cancel()
-			}
-		})
-	}
-	for range subs {
-		select {
-		case <-ready:
-		case err := <-errs:
-			t.Fatal(err)
-		}
-	}
-	var pubs []*publisher
-	var pwg sync.WaitGroup
-	for i, ch := range []string{"feed", "feed", "plain:feed", "plain:feed"} {
-		p := &publisher{id: i + 1, channel: ch, tick: make(chan struct{}, 1)}
-		pubs = append(pubs, p)
-		pwg.Go(func() {
-			if err := p.run(ctx, urls[i%2]+"/ws", stop); err != nil {
-				errs <- fmt.Errorf("publisher %d: %w", p.id, err)
-				cancel()
-			}
-		})
-	}
-	waitCount(t, pubs, 30)
+	f := startFeedTraffic(t, []string{nodes[0].WS, nodes[1].WS}, false, 30)
 	for _, ch := range []string{"relay:feed", "relay:plain:feed"} {
 		slot := pubsub.Slot(ch)
 		from := c.Owner(t, slot)
@@ -269,39 +228,14 @@ func TestClusterSlotMigration(t *testing.T) {
 			return true
 		})
 	}
-	before := make([]int64, len(pubs))
-	for i, p := range pubs {
-		before[i] = p.count.Load()
-	}
-	for i, p := range pubs {
-		if ctx.Err() == nil {
-			waitCount(t, []*publisher{p}, before[i]+100)
-		}
-	}
-	close(stop)
-	pwg.Wait()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-
-	var delivered, recovered, announced, silent int
-	for _, s := range subs {
-		for _, p := range pubs {
-			if p.channel != s.channel {
-				continue
-			}
-			d, rc, a, sl := tally(t, s, p)
-			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
-		}
-	}
+	f.finish(t, f.acked(), 100)
+	delivered, recovered, announced, silent := f.count(t, nil)
 	var moves uint64
 	for _, b := range brokers {
 		moves += b.Stats().Moves
 	}
 	var unavailable int64
-	for _, p := range pubs {
+	for _, p := range f.pubs {
 		unavailable += p.errs.Load()
 	}
 	t.Logf("acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d; channels moved %d; publishes answered unavailable or unknown %d",

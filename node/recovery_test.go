@@ -161,6 +161,116 @@ func (p *publisher) run(ctx context.Context, url string, stop <-chan struct{}) e
 	return errors.New("last message never acknowledged")
 }
 
+// feedTraffic is the traffic of the Redis-fault tests on two nodes: a
+// subscriber of "feed" (history) and one of "plain:feed" (none) on each
+// node, with churn one more of "feed" that leaves and subscribes again
+// with since throughout, alternating nodes; and two publishers per
+// channel, one on each node, each waiting for every acknowledgement.
+type feedTraffic struct {
+	ctx     context.Context
+	subs    []*subscriber
+	pubs    []*publisher
+	stop    chan struct{}
+	errs    chan error
+	wg, pwg sync.WaitGroup
+}
+
+// startFeedTraffic starts the traffic on the nodes at urls and returns
+// once every subscriber is subscribed and every publisher has acked
+// messages acknowledged.
+func startFeedTraffic(t *testing.T, urls []string, churn bool, acked int64) *feedTraffic {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	f := &feedTraffic{ctx: ctx, stop: make(chan struct{}), errs: make(chan error, 16)}
+	for _, ch := range []string{"feed", "plain:feed"} {
+		for i := range urls {
+			f.subs = append(f.subs, &subscriber{channel: ch, urls: urls[i : i+1]})
+		}
+	}
+	if churn {
+		f.subs = append(f.subs, &subscriber{channel: "feed", urls: urls, churn: true})
+	}
+	ready := make(chan struct{}, len(f.subs))
+	for _, s := range f.subs {
+		f.wg.Go(func() {
+			if err := s.run(ctx, 2, ready, f.stop); err != nil {
+				f.errs <- err
+				cancel()
+			}
+		})
+	}
+	for range f.subs {
+		select {
+		case <-ready:
+		case err := <-f.errs:
+			t.Fatal(err)
+		}
+	}
+	for i, ch := range []string{"feed", "feed", "plain:feed", "plain:feed"} {
+		p := &publisher{id: i + 1, channel: ch, tick: make(chan struct{}, 1)}
+		f.pubs = append(f.pubs, p)
+		f.pwg.Go(func() {
+			if err := p.run(ctx, urls[i%2]+"/ws", f.stop); err != nil {
+				f.errs <- fmt.Errorf("publisher %d: %w", p.id, err)
+				cancel()
+			}
+		})
+	}
+	waitCount(t, f.pubs, acked)
+	return f
+}
+
+// acked returns how many messages each publisher has acknowledged.
+func (f *feedTraffic) acked() []int64 {
+	n := make([]int64, len(f.pubs))
+	for i, p := range f.pubs {
+		n[i] = p.count.Load()
+	}
+	return n
+}
+
+// finish waits until each publisher has more acknowledged than in base,
+// then stops the traffic and waits for every client's last message.
+func (f *feedTraffic) finish(t *testing.T, base []int64, more int64) {
+	t.Helper()
+	for i, p := range f.pubs {
+		if f.ctx.Err() == nil {
+			waitCount(t, []*publisher{p}, base[i]+more)
+		}
+	}
+	close(f.stop)
+	f.pwg.Wait()
+	f.wg.Wait()
+	close(f.errs)
+	for err := range f.errs {
+		t.Fatal(err)
+	}
+}
+
+// count tallies every acknowledged message for every subscriber of its
+// channel (tally), logging the pairs that lost any silently; each, when
+// not nil, also sees each pair.
+func (f *feedTraffic) count(t *testing.T, each func(*subscriber, *publisher)) (delivered, recovered, announced, silent int) {
+	t.Helper()
+	for _, s := range f.subs {
+		for _, p := range f.pubs {
+			if p.channel != s.channel {
+				continue
+			}
+			d, rc, a, sl := tally(t, s, p)
+			if sl > 0 {
+				t.Logf("%s subscriber (churn %v, %d events), publisher %d: delivered %d recovered %d announced %d silent %d", s.channel, s.churn, len(s.events), p.id, d, rc, a, sl)
+			}
+			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
+			if each != nil {
+				each(s, p)
+			}
+		}
+	}
+	return
+}
+
 // waitCount waits until every publisher has at least n acknowledged.
 func waitCount(t *testing.T, pubs []*publisher, n int64) {
 	t.Helper()
@@ -524,93 +634,29 @@ func redisFault(t *testing.T, redis func(*pubsub.RedisConfig), wantGap bool, fau
 		cfg.NamespacesFile = ns
 		cfg.HistoryCheckInterval = 50 * time.Millisecond // checks race the traffic
 	}, Redis: redis})
-	urls := []string{nodes[0].WS, nodes[1].WS}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-
-	var subs []*subscriber
-	for _, ch := range []string{"feed", "plain:feed"} {
-		for i := range urls {
-			subs = append(subs, &subscriber{channel: ch, urls: urls[i : i+1]})
-		}
-	}
-	subs = append(subs, &subscriber{channel: "feed", urls: urls, churn: true})
-	stop := make(chan struct{})
-	ready := make(chan struct{}, len(subs))
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for _, s := range subs {
-		wg.Go(func() {
-			if err := s.run(ctx, 2, ready, stop); err != nil {
-				errs <- err
-				cancel()
-			}
-		})
-	}
-	for range subs {
-		select {
-		case <-ready:
-		case err := <-errs:
-			t.Fatal(err)
-		}
-	}
-	var pubs []*publisher
-	var pwg sync.WaitGroup
-	for i, ch := range []string{"feed", "feed", "plain:feed", "plain:feed"} {
-		p := &publisher{id: i + 1, channel: ch, tick: make(chan struct{}, 1)}
-		pubs = append(pubs, p)
-		pwg.Go(func() {
-			if err := p.run(ctx, urls[i%2]+"/ws", stop); err != nil {
-				errs <- fmt.Errorf("publisher %d: %w", p.id, err)
-				cancel()
-			}
-		})
-	}
-	waitCount(t, pubs, 100)
-	before := make([]int64, len(pubs))
+	f := startFeedTraffic(t, []string{nodes[0].WS, nodes[1].WS}, true, 100)
+	var before []int64
 	fault(r, nodes, func(refused int64) {
-		for _, p := range pubs { // every publisher saw the outage
-			testenv.WaitFor(t, 60*time.Second, "publishes answered unavailable", func() bool { return p.errs.Load() >= refused || ctx.Err() != nil })
+		for _, p := range f.pubs { // every publisher saw the outage
+			testenv.WaitFor(t, 60*time.Second, "publishes answered unavailable", func() bool { return p.errs.Load() >= refused || f.ctx.Err() != nil })
 		}
-		for i, p := range pubs {
-			before[i] = p.count.Load()
-		}
+		before = f.acked()
 	})
-	for i, p := range pubs {
-		if ctx.Err() == nil {
-			waitCount(t, []*publisher{p}, before[i]+300)
-		}
-	}
-	close(stop)
-	pwg.Wait()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	f.finish(t, before, 300)
 
-	var delivered, recovered, announced, silent, refused, unknownDelivered int
-	for _, s := range subs {
-		for _, p := range pubs {
-			if p.channel != s.channel {
-				continue
-			}
-			d, rc, a, sl := tally(t, s, p)
-			if sl > 0 {
-				t.Logf("%s subscriber (churn %v, %d events), publisher %d: delivered %d recovered %d announced %d silent %d", s.channel, s.churn, len(s.events), p.id, d, rc, a, sl)
-			}
-			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
-			for _, e := range s.events {
-				if code, ok := p.failed.Load(e.m.N); ok && !e.gap && e.m.P == p.id {
-					if code == protocol.CodeUnavailable {
-						refused++
-					} else {
-						unknownDelivered++
-					}
+	var refused, unknownDelivered int
+	delivered, recovered, announced, silent := f.count(t, func(s *subscriber, p *publisher) {
+		for _, e := range s.events {
+			if code, ok := p.failed.Load(e.m.N); ok && !e.gap && e.m.P == p.id {
+				if code == protocol.CodeUnavailable {
+					refused++
+				} else {
+					unknownDelivered++
 				}
 			}
 		}
-	}
+	})
+	subs, pubs := f.subs, f.pubs
 	var acked, unavailable, unknown int64
 	for _, p := range pubs {
 		acked += p.count.Load()

@@ -1,12 +1,10 @@
 package node_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,48 +45,8 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 		nodes = append(nodes, n)
 		urls = append(urls, n.WS)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-
-	var subs []*subscriber
-	for _, ch := range []string{"feed", "plain:feed"} {
-		for i := range urls {
-			subs = append(subs, &subscriber{channel: ch, urls: urls[i : i+1]})
-		}
-	}
-	subs = append(subs, &subscriber{channel: "feed", urls: urls, churn: true})
-	stop := make(chan struct{})
-	ready := make(chan struct{}, len(subs))
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for _, s := range subs {
-		wg.Go(func() {
-			if err := s.run(ctx, 2, ready, stop); err != nil {
-				errs <- err
-				cancel()
-			}
-		})
-	}
-	for range subs {
-		select {
-		case <-ready:
-		case err := <-errs:
-			t.Fatal(err)
-		}
-	}
-	var pubs []*publisher
-	var pwg sync.WaitGroup
-	for i, ch := range []string{"feed", "feed", "plain:feed", "plain:feed"} {
-		p := &publisher{id: i + 1, channel: ch, tick: make(chan struct{}, 1)}
-		pubs = append(pubs, p)
-		pwg.Go(func() {
-			if err := p.run(ctx, urls[i%2]+"/ws", stop); err != nil {
-				errs <- fmt.Errorf("publisher %d: %w", p.id, err)
-				cancel()
-			}
-		})
-	}
-	waitCount(t, pubs, 100)
+	f := startFeedTraffic(t, urls, true, 100)
+	pubs := f.pubs
 	switched := s.SwitchMaster(t)
 	killed := time.Now()
 	s.Master.Stop() // SIGKILL
@@ -121,33 +79,11 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 	})
 	readyAfter := time.Since(killed)
 	var refused int64
-	for i, p := range pubs {
+	for _, p := range pubs {
 		refused += p.errs.Load()
-		if ctx.Err() == nil {
-			waitCount(t, []*publisher{p}, at[i]+100)
-		}
 	}
-	close(stop)
-	pwg.Wait()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-
-	var delivered, recovered, announced, silent int
-	for _, s := range subs {
-		for _, p := range pubs {
-			if p.channel != s.channel {
-				continue
-			}
-			d, rc, a, sl := tally(t, s, p)
-			if sl > 0 {
-				t.Logf("%s subscriber (churn %v, %d events), publisher %d: delivered %d recovered %d announced %d silent %d", s.channel, s.churn, len(s.events), p.id, d, rc, a, sl)
-			}
-			delivered, recovered, announced, silent = delivered+d, recovered+rc, announced+a, silent+sl
-		}
-	}
+	f.finish(t, at, 100)
+	delivered, recovered, announced, silent := f.count(t, nil)
 	t.Logf("master SIGKILLed: +switch-master after %v, every publisher acknowledged again after %v, both nodes ready after %v (sentinel down-after %v); %d publishes answered unavailable or unknown_outcome",
 		switchedAfter.Round(time.Millisecond), resumed.Round(time.Millisecond), readyAfter.Round(time.Millisecond), testenv.SentinelDownAfter, refused)
 	t.Logf("acknowledged messages × subscribers: delivered %d, recovered %d, announced %d, lost silently %d", delivered, recovered, announced, silent)
@@ -160,7 +96,7 @@ func TestSentinelFailoverNothingLostSilently(t *testing.T) {
 	// The history survives the failover (the replica had it): the nodes
 	// recover the messages of "feed" that they missed, and only those of
 	// the channel without history are announced.
-	for _, s := range subs {
+	for _, s := range f.subs {
 		gaps := 0
 		for _, e := range s.events {
 			if e.gap {
