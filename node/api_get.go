@@ -17,6 +17,10 @@ func (a *api) getEndpoint(path string) func(context.Context, *http.Request) (any
 		return a.history
 	case "/api/channels":
 		return a.channels
+	case "/api/presence":
+		return func(_ context.Context, r *http.Request) (any, *apiError) { return a.presence(r, false) }
+	case "/api/presence_stats":
+		return func(_ context.Context, r *http.Request) (any, *apiError) { return a.presence(r, true) }
 	}
 	return nil
 }

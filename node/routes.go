@@ -31,10 +31,7 @@ func (n *Node) routes() {
 	mux.HandleFunc("GET /healthz", n.serveHealth)
 	mux.HandleFunc("GET /readyz", n.serveReady)
 	mux.HandleFunc("GET /readyz/details", n.serveReadyDetails)
-	api := newAPI(n)
-	mux.Handle("/api/", api) // POST /api/publish[/batch], docs/API.md
-	mux.Handle("/api/presence", api.presenceHandler(false))
-	mux.Handle("/api/presence_stats", api.presenceHandler(true))
+	mux.Handle("/api/", newAPI(n)) // POST /api/publish[/batch] and the rest of docs/API.md
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, protocol.CodeNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
