@@ -89,41 +89,9 @@ func (r *Redis) start() error {
 		"--save", "", "--appendonly", "no", "--dir", r.dir,
 		"--logfile", "", "--loglevel", "notice"}, r.args...)
 	cmd := exec.Command(r.bin, args...)
-	out, err := cmd.StdoutPipe()
+	done, err := startUntil(cmd, "Ready to accept connections", "redis-server", "ready")
 	if err != nil {
 		return err
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	ready := make(chan struct{})
-	done := make(chan struct{})
-	var log strings.Builder
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(out)
-		signalled := false
-		for sc.Scan() {
-			if !signalled {
-				log.WriteString(sc.Text() + "\n")
-				if strings.Contains(sc.Text(), "Ready to accept connections") {
-					signalled = true
-					close(ready)
-				}
-			}
-		}
-		io.Copy(io.Discard, out)
-		cmd.Wait()
-	}()
-	select {
-	case <-ready:
-	case <-done:
-		return fmt.Errorf("redis-server exited:\n%s", log.String())
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("redis-server not ready after 30s:\n%s", log.String())
 	}
 	r.mu.Lock()
 	r.cmd, r.done = cmd, done
@@ -189,4 +157,48 @@ func FreePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startUntil starts cmd, a redis-server, and waits up to 30 s until a line
+// of its output holds marker (what names the process and the state in the
+// error). It returns a channel closed once cmd has exited; the process
+// runs on, its output drained, until it is killed.
+func startUntil(cmd *exec.Cmd, marker, what, state string) (done chan struct{}, err error) {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	ready := make(chan struct{})
+	done = make(chan struct{})
+	var log strings.Builder
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		signalled := false
+		for sc.Scan() {
+			if !signalled {
+				log.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), marker) {
+					signalled = true
+					close(ready)
+				}
+			}
+		}
+		io.Copy(io.Discard, out)
+		cmd.Wait()
+	}()
+	select {
+	case <-ready:
+		return done, nil
+	case <-done:
+		return nil, fmt.Errorf("%s exited:\n%s", what, log.String())
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return nil, fmt.Errorf("%s not %s after 30s:\n%s", what, state, log.String())
+	}
 }

@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -112,40 +110,9 @@ func startSentinel(t testing.TB, bin, conf string) string {
 func runSentinel(t testing.TB, bin, conf, addr string) error {
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, conf, "--sentinel", "--port", port, "--bind", "127.0.0.1", "--logfile", "", "--loglevel", "notice")
-	out, err := cmd.StdoutPipe()
+	done, err := startUntil(cmd, "+monitor master "+SentinelMaster, "redis-server --sentinel", "monitoring")
 	if err != nil {
 		return err
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	ready, done := make(chan struct{}), make(chan struct{})
-	var log strings.Builder
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(out)
-		signalled := false
-		for sc.Scan() {
-			if !signalled {
-				log.WriteString(sc.Text() + "\n")
-				if strings.Contains(sc.Text(), "+monitor master "+SentinelMaster) {
-					signalled = true
-					close(ready)
-				}
-			}
-		}
-		io.Copy(io.Discard, out)
-		cmd.Wait()
-	}()
-	select {
-	case <-ready:
-	case <-done:
-		return fmt.Errorf("redis-server --sentinel exited:\n%s", log.String())
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("redis-server --sentinel not monitoring after 30s:\n%s", log.String())
 	}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
