@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -602,7 +601,7 @@ func TestProxyLogs(t *testing.T) {
 		}
 		answerJSON(w, aliceAllowed)
 	})
-	var logs syncBuffer
+	var logs lockedBuffer
 	cfg := nodetest.Config()
 	cfg.ProxyConnectURL = b.URL + "/connect?key=proxy-url-key"
 	cfg.ProxyHeaders = []string{"X-Case", "X-Session"}
@@ -622,24 +621,6 @@ func TestProxyLogs(t *testing.T) {
 	if !strings.Contains(logs.String(), "proxy call failed") {
 		t.Errorf("the log lacks the failed call:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the node's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // BenchmarkProxyConnect: the cost of a raw-mode connection (dial,
