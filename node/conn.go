@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -62,7 +63,10 @@ type conn struct {
 	id   uint64
 	mode mode
 	echo bool // deliver the connection's own publishes back to it
-	out  wsout.Conn
+	// pubFailed is set when a message of the connection was not
+	// published (PublishFailed): it publishes no more.
+	pubFailed atomic.Bool
+	out       wsout.Conn
 
 	n       *Node
 	channel string // raw mode
@@ -94,6 +98,17 @@ func (c *conn) Sent(messages, bytes int) {
 func (c *conn) Dropped(messages int) { c.n.metrics.dropped.Add(float64(messages)) }
 
 func (c *conn) SlowConsumer() { c.n.metrics.slowConsumers.Inc() }
+
+// PublishFailed closes c, a raw-mode connection, when one of its messages
+// published without waiting for the broker's answer was refused or left
+// unanswered (pubsub.Failer); the messages it sends meanwhile are not
+// published.
+func (c *conn) PublishFailed(channel string, err error) {
+	c.pubFailed.Store(true)
+	c.n.metrics.publishErrors.Inc()
+	c.n.log.Warn("publish failed", "conn", c.id, "channel", channel, "err", err)
+	c.close(errBrokerDown)
+}
 
 // close asks c's writer to close it for cause (see wsout.Conn.Close).
 func (c *conn) close(cause error) { c.out.Close(cause) }

@@ -70,7 +70,7 @@ func newMetrics(n *Node, reg *prometheus.Registry) *metrics {
 	m.sent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_messages_sent_total", Help: "Messages written to clients, by mode."}, []string{"mode"})
 	m.sentBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "relay_sent_bytes_total", Help: "Payload bytes written to clients, by mode."}, []string{"mode"})
 	m.publishSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "relay_publish_duration_seconds", Help: "Time for the broker to accept a publish (for Redis: the pipelined round trip).",
+		Name: "relay_publish_duration_seconds", Help: "Time for the broker to accept a publish that waits for its answer (for Redis: the pipelined round trip); raw-mode publishes that do not wait are not in it.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 	})
 	m.publishErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_publish_errors_total", Help: "Publishes the broker refused (e.g. Redis unavailable)."})

@@ -281,3 +281,40 @@ func doJSON(t *testing.T, req *http.Request) (int, string) {
 	}
 	return resp.StatusCode, body.Code
 }
+
+// TestRawPublishUnanswered: a raw-mode message is published without
+// waiting for Redis's answer (pubsub.LaterPublisher), but one left
+// unanswered past the broker's Timeout still closes its sender with 1013
+// and the documented reason, while the node keeps serving the others.
+func TestRawPublishUnanswered(t *testing.T) {
+	r := testenv.StartRedis(t)
+	nodes := nodetest.ClusterWith(t, r.URL(), 1, nodetest.Options{Redis: func(c *pubsub.RedisConfig) {
+		c.Timeout = 300 * time.Millisecond
+	}})
+	sender := nodetest.Dial(t, nodes[0].WS+"/ws/frozen?echo=true", nil)
+	bystander := nodetest.Dial(t, nodes[0].WS+"/ws/frozen", nil)
+	nodetest.Write(t, sender, "answered")
+	for _, c := range []*websocket.Conn{sender, bystander} {
+		if got := nodetest.ReadText(t, c); got != "answered" {
+			t.Fatalf("read %q, want answered", got)
+		}
+	}
+	r.Pause()
+	nodetest.Write(t, sender, "unanswered")
+	if code, reason := nodetest.ReadClose(t, sender); code != protocol.CloseTryAgainLater || reason != "broker unavailable, try again later" {
+		t.Errorf("sender closed with %d %q after an unanswered publish; want 1013 broker unavailable, try again later", code, reason)
+	}
+	r.Resume()
+	// The bystander kept its connection: it gets what comes next.
+	next := nodetest.Dial(t, nodes[0].WS+"/ws/frozen", nil)
+	nodetest.Write(t, next, "after")
+	for {
+		got := nodetest.ReadText(t, bystander)
+		if got == "after" {
+			break
+		}
+		if got != "unanswered" { // Redis ran it once resumed: its outcome was unknown
+			t.Fatalf("bystander read %q, want unanswered or after", got)
+		}
+	}
+}

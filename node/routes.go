@@ -2,6 +2,7 @@ package node
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -274,11 +275,42 @@ func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.Message
 		Binary:  typ == websocket.MessageBinary,
 		Payload: data,
 	}
-	if err := n.publish(c.channel, m); err != nil {
+	if err := n.publishRaw(c, m); err != nil {
 		n.log.Warn("publish failed", "conn", c.id, "channel", c.channel, "err", err)
 		return errBrokerDown
 	}
 	return nil
+}
+
+// errEarlierFailed ends a raw-mode connection one of whose messages was not
+// published: the ones after it are not published either.
+var errEarlierFailed = errors.New("an earlier message was not published")
+
+// publishRaw publishes m, a raw-mode client's message, to its channel.
+// It does not wait for the broker's answer where the broker can tell c
+// later (pubsub.LaterPublisher: a standalone Redis): the client gets no
+// acknowledgement, only the order of its messages, and a close if one is
+// refused or left unanswered (PublishFailed). A channel with history waits,
+// as do protocol mode and the HTTP API.
+func (n *Node) publishRaw(c *conn, m pubsub.Message) error {
+	if lp, ok := n.broker.(pubsub.LaterPublisher); ok && !c.pubFailed.Load() {
+		if _, _, hist := n.historyOf(c.channel); !hist {
+			m.Time = time.Now().UnixNano()
+			err := lp.PublishLater(c.channel, m, c)
+			if !errors.Is(err, pubsub.ErrPublishNow) {
+				if err != nil {
+					n.metrics.publishErrors.Inc()
+				}
+				return err
+			}
+		}
+	}
+	// Checked after PublishLater too: it may have just reported an
+	// earlier message of c as failed.
+	if c.pubFailed.Load() {
+		return errEarlierFailed
+	}
+	return n.publish(c.channel, m)
 }
 
 // publish publishes m, stamped with the time, and measures the broker.

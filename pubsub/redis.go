@@ -184,8 +184,14 @@ type Redis struct {
 	cluster *clusterState
 	shards  []*shard // standalone: the fixed subscriber connections
 	pipes   []*pipeline
-	nonce   string        // tells this broker's probes from any other's
-	epochs  atomic.Uint64 // names new epochs of history (history.go)
+	// later are the lanes of PublishLater (later.go), none where it
+	// cannot run; laterDial opens their connections and laterAuth is
+	// what each sends first.
+	later     []*laterLane
+	laterDial func(context.Context) (net.Conn, error)
+	laterAuth []byte
+	nonce     string        // tells this broker's probes from any other's
+	epochs    atomic.Uint64 // names new epochs of history (history.go)
 
 	// probeBack wakes the prober when a probe came back.
 	probeBack chan struct{}
@@ -327,6 +333,17 @@ func NewRedis(cfg RedisConfig, log *slog.Logger) (*Redis, error) {
 	}
 	for range cfg.Pipelines {
 		b.pipes = append(b.pipes, &pipeline{b: b, pipe: b.client.Pipeline()})
+	}
+	// Later lanes need a socket of their own: a standalone Redis, not
+	// behind TLS (Sentinel's master can move, which only go-redis
+	// follows; Cluster's publishes go to each slot's master).
+	if laterSupported && opt != nil && opt.TLSConfig == nil {
+		dial, network, addr := redis.NewDialer(opt), opt.Network, opt.Addr
+		b.laterDial = func(ctx context.Context) (net.Conn, error) { return dial(ctx, network, addr) }
+		b.laterAuth = laterAuth(opt.Username, opt.Password)
+		for range cfg.Pipelines {
+			b.later = append(b.later, &laterLane{b: b})
+		}
 	}
 	if cluster == nil {
 		for i := range cfg.Subscribers {
@@ -508,6 +525,9 @@ func (b *Redis) Close() error {
 	b.closeOnce.Do(func() {
 		b.stop()
 		b.wg.Wait()
+		for _, l := range b.later {
+			l.close()
+		}
 		b.client.Close()
 		if b.cluster != nil {
 			b.cluster.closeSeeds()
