@@ -237,17 +237,17 @@ func (l *laterLane) appendLocked(prefix, channel string, m Message, f Failer) {
 	l.out = append(l.out, l.env...)
 	l.out = append(l.out, "\r\n"...)
 	size := int64(len(l.out) - start)
-	l.pending = append(l.pending, laterReq{
-		channel: channel, f: f,
-		start: l.queued,
-		at:    time.Now().UnixNano(),
-	})
+	at := m.Time // when the node took the message, if it says
+	if at == 0 {
+		at = time.Now().UnixNano()
+	}
+	l.pending = append(l.pending, laterReq{channel: channel, f: f, start: l.queued, at: at})
 	l.queued += size
 }
 
 // flushLocked sends what the socket takes of l.out.
 func (l *laterLane) flushLocked(fails []laterFail) []laterFail {
-	if len(l.out) == 0 {
+	if len(l.out) == 0 || !l.sock.ok() {
 		return fails
 	}
 	n, err := l.sock.send(l.out)
@@ -262,7 +262,7 @@ func (l *laterLane) flushLocked(fails []laterFail) []laterFail {
 // readLocked reads and parses the answers that have come, and fails the
 // lane's publishes if its connection broke or the oldest answer is overdue.
 func (l *laterLane) readLocked(fails []laterFail) []laterFail {
-	for {
+	for l.sock.ok() {
 		if cap(l.scratch) == 0 {
 			l.scratch = make([]byte, 16<<10)
 		}
@@ -283,6 +283,7 @@ func (l *laterLane) readLocked(fails []laterFail) []laterFail {
 			return fails
 		}
 	}
+	return fails
 }
 
 // parseLocked takes the complete answers at the start of l.in off it, one

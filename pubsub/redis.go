@@ -54,7 +54,7 @@ type RedisConfig struct {
 	Subscribers int `envconfig:"REDIS_SUBSCRIBERS" default:"2" desc:"Redis connections that carry this node's channel subscriptions (1-64); on a Redis Cluster, one per master instead"`
 	// Pipelines is the number of Redis connections that send publishes;
 	// each sends whatever is pending as one pipeline.
-	Pipelines int `envconfig:"REDIS_PIPELINES" default:"2" desc:"Redis connections that send publishes, each pipelining all that is pending (1-64)"`
+	Pipelines int `envconfig:"REDIS_PIPELINES" default:"2" desc:"Redis connections that send publishes, each pipelining all that is pending (1-64); on a standalone Redis as many again send raw-mode publishes without waiting for the answers"`
 	// Timeout bounds one Redis operation (dial, publish round trip).
 	Timeout time.Duration `envconfig:"REDIS_TIMEOUT" default:"3s" desc:"bound on one Redis operation: dial, publish round trip, subscribe"`
 	// ProbeInterval is how often the broker publishes a probe to each of
