@@ -67,10 +67,11 @@ type Failer interface {
 type LaterPublisher interface {
 	// PublishLater sends m to channel and returns without waiting for the
 	// backend's answer; when the answer is a refusal, or does not come,
-	// f.PublishFailed is called. The messages of one m.Conn are published
-	// in the order of the calls. It returns ErrPublishNow when it cannot
-	// take m (publish it with Publish), and ErrClosed after Close. It
-	// takes ownership of m.Payload only when it returns nil.
+	// f.PublishFailed is called. The messages of one m.Conn that it takes
+	// are published in the order of the calls. It returns ErrPublishNow
+	// when it cannot take m (publish it with Publish, unless an earlier
+	// message of m.Conn failed: it may have been reported just now), and
+	// ErrClosed after Close. It does not keep m.Payload.
 	PublishLater(channel string, m Message, f Failer) error
 }
 
