@@ -3,6 +3,7 @@
 package pubsub_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -247,5 +248,44 @@ func TestPublishLaterFrozenBacklog(t *testing.T) {
 		if !errors.Is(err, pubsub.ErrOutcomeUnknown) && !errors.Is(err, pubsub.ErrUnavailable) {
 			t.Errorf("failure = %v, want ErrOutcomeUnknown or ErrUnavailable", err)
 		}
+	}
+}
+
+// BenchmarkRedisPublishLater is BenchmarkRedisPublish for PublishLater:
+// each publisher (its own Message.Conn) publishes without waiting (with
+// Publish while its lane is being dialed, as the node does), and the
+// benchmark ends once Redis has answered every publish.
+func BenchmarkRedisPublishLater(b *testing.B) {
+	r := testenv.StartRedis(b)
+	for _, publishers := range []int{1, 64} {
+		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
+			br := newRedis(b, redisConfig(r))
+			f := newFailures()
+			per := b.N/publishers + 1
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for i := range publishers {
+				m := pubsub.Message{Origin: "bench", Conn: uint64(i), Payload: make([]byte, 128)}
+				wg.Go(func() {
+					for range per {
+						err := br.PublishLater("bench", m, f)
+						if errors.Is(err, pubsub.ErrPublishNow) { // the lane is being dialed
+							err = br.Publish(context.Background(), "bench", m)
+						}
+						if err != nil {
+							panic(fmt.Sprint(err))
+						}
+					}
+				})
+			}
+			wg.Wait()
+			testenv.WaitFor(b, time.Minute, "every answer", func() bool { return br.Stats().Published >= uint64(per*publishers) })
+			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+			if errs := f.all(); len(errs) > 0 {
+				b.Fatalf("%d publishes failed, the first: %v", len(errs), errs[0])
+			}
+		})
 	}
 }
