@@ -275,7 +275,10 @@ func (n *Node) rawMessage(c *conn, limiter **rate.Limiter, typ websocket.Message
 		Binary:  typ == websocket.MessageBinary,
 		Payload: data,
 	}
-	if err := n.publishRaw(c, m); err != nil {
+	switch err := n.publishRaw(c, m); {
+	case errors.Is(err, errEarlierFailed):
+		return errBrokerDown // PublishFailed logged the failure
+	case err != nil:
 		n.log.Warn("publish failed", "conn", c.id, "channel", c.channel, "err", err)
 		return errBrokerDown
 	}

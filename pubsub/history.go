@@ -112,13 +112,8 @@ func (b *Redis) PublishHistory(ctx context.Context, channel string, m Message, o
 	if err := checkHistory(opts); err != nil {
 		return Position{}, fmt.Errorf("publish %q: %w", channel, err)
 	}
-	if strings.HasPrefix(channel, probePrefix) {
-		return Position{}, fmt.Errorf("publish %q: %w", channel, errReserved)
-	}
-	select {
-	case <-b.closing:
-		return Position{}, ErrClosed
-	default:
+	if err := b.admit("publish", channel); err != nil {
+		return Position{}, err
 	}
 	r := &pubReq{
 		channel: b.cfg.Prefix + channel,

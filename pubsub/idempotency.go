@@ -117,13 +117,8 @@ func (b *Redis) PublishOnce(ctx context.Context, channel string, m Message, once
 			return Position{}, false, fmt.Errorf("publish %q: %w", channel, err)
 		}
 	}
-	if strings.HasPrefix(channel, probePrefix) {
-		return Position{}, false, fmt.Errorf("publish %q: %w", channel, errReserved)
-	}
-	select {
-	case <-b.closing:
-		return Position{}, false, ErrClosed
-	default:
+	if err := b.admit("publish", channel); err != nil {
+		return Position{}, false, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()

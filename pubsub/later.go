@@ -42,6 +42,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,6 +85,8 @@ const (
 	// PublishLater waits for answers (up to the broker's Timeout), which
 	// is the back-pressure on its callers.
 	laterMax = 4096
+	// laterRead is the least room a lane reads answers into.
+	laterRead = 16 << 10
 	// laterKeep is the longest queue array a lane keeps once empty.
 	laterKeep = 256
 	// laterRetry is how long a lane whose dial failed waits before it
@@ -110,13 +113,11 @@ type laterLane struct {
 	closed  bool
 	out     []byte     // bytes not sent yet (the socket was full)
 	sent    int64      // bytes sent on this connection
-	queued  int64      // bytes queued on this connection (sent + len(out))
 	in      []byte     // bytes read and not parsed yet
 	pending []laterReq // unanswered, in order
 	timer   *time.Timer
 	armed   bool           // timer is set
 	reaping sync.WaitGroup // reap calls in progress; added to under mu while !closed
-	scratch []byte         // recv buffer
 	env     []byte         // the envelope being queued
 }
 
@@ -134,13 +135,8 @@ func (b *Redis) PublishLater(channel string, m Message, f Failer) error {
 	if len(b.later) == 0 {
 		return ErrPublishNow
 	}
-	select {
-	case <-b.closing:
-		return ErrClosed
-	default:
-	}
-	if strings.HasPrefix(channel, probePrefix) {
-		return fmt.Errorf("publish %q: %w", channel, errReserved)
+	if err := b.admit("publish", channel); err != nil {
+		return err
 	}
 	l := b.later[m.Conn%uint64(len(b.later))]
 	var fails []laterFail
@@ -214,7 +210,7 @@ func (l *laterLane) dial() bool {
 	}
 	l.sock = sock
 	l.conns++
-	l.out, l.in, l.sent, l.queued = l.out[:0], l.in[:0], 0, 0
+	l.out, l.in, l.sent = l.out[:0], l.in[:0], 0
 	if l.timer == nil {
 		l.timer = time.AfterFunc(laterIdle, l.reap)
 		l.armed = true
@@ -225,25 +221,32 @@ func (l *laterLane) dial() bool {
 // appendLocked queues the PUBLISH of m to channel, whose Redis channel is
 // prefix+channel.
 func (l *laterLane) appendLocked(prefix, channel string, m Message, f Failer) {
+	start := l.sent + int64(len(l.out))
 	l.env = m.AppendEnvelope(l.env[:0])
-	start := len(l.out)
-	l.out = append(l.out, "*3\r\n$7\r\nPUBLISH\r\n$"...)
-	l.out = strconv.AppendInt(l.out, int64(len(prefix)+len(channel)), 10)
-	l.out = append(l.out, "\r\n"...)
-	l.out = append(l.out, prefix...)
-	l.out = append(l.out, channel...)
-	l.out = append(l.out, "\r\n$"...)
-	l.out = strconv.AppendInt(l.out, int64(len(l.env)), 10)
-	l.out = append(l.out, "\r\n"...)
-	l.out = append(l.out, l.env...)
-	l.out = append(l.out, "\r\n"...)
-	size := int64(len(l.out) - start)
+	l.out = append(l.out, "*3\r\n"...)
+	l.out = appendBulk(l.out, "PUBLISH")
+	l.out = appendBulk(l.out, prefix, channel)
+	l.out = appendBulk(l.out, l.env)
 	at := m.Time // when the node took the message, if it says
 	if at == 0 {
 		at = time.Now().UnixNano()
 	}
-	l.pending = append(l.pending, laterReq{channel: channel, f: f, start: l.queued, at: at})
-	l.queued += size
+	l.pending = append(l.pending, laterReq{channel: channel, f: f, start: start, at: at})
+}
+
+// appendBulk appends to b the RESP bulk string that is the parts joined.
+func appendBulk[S string | []byte](b []byte, parts ...S) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	b = append(b, '$')
+	b = strconv.AppendInt(b, int64(n), 10)
+	b = append(b, "\r\n"...)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return append(b, "\r\n"...)
 }
 
 // flushLocked sends what the socket takes of l.out.
@@ -264,11 +267,12 @@ func (l *laterLane) flushLocked(fails []laterFail) []laterFail {
 // lane's publishes if its connection broke or the oldest answer is overdue.
 func (l *laterLane) readLocked(fails []laterFail) []laterFail {
 	for l.sock.ok() {
-		if cap(l.scratch) == 0 {
-			l.scratch = make([]byte, 16<<10)
-		}
-		n, eof, err := l.sock.recv(l.scratch[:cap(l.scratch)])
-		l.in = append(l.in, l.scratch[:n]...)
+		// Read into l.in's spare room, at least laterRead bytes of it.
+		have := len(l.in)
+		l.in = slices.Grow(l.in, laterRead)
+		room := l.in[have:cap(l.in)]
+		n, eof, err := l.sock.recv(room)
+		l.in = l.in[:have+n]
 		fails = l.parseLocked(fails)
 		switch {
 		case err != nil:
@@ -277,7 +281,7 @@ func (l *laterLane) readLocked(fails []laterFail) []laterFail {
 			return l.breakLocked(fails, errors.New("read: connection closed by Redis"))
 		case !l.sock.ok():
 			return fails // a bad answer broke it
-		case n < cap(l.scratch):
+		case n < len(room):
 			if len(l.pending) > 0 && time.Since(time.Unix(0, l.pending[0].at)) > l.b.cfg.Timeout {
 				return l.breakLocked(fails, fmt.Errorf("no answer from Redis within %v", l.b.cfg.Timeout))
 			}
@@ -421,9 +425,10 @@ func laterAuth(username, password string) []byte {
 	if username != "" {
 		args = []string{"AUTH", username, password}
 	}
-	b := []byte("*" + strconv.Itoa(len(args)) + "\r\n")
+	b := strconv.AppendInt([]byte{'*'}, int64(len(args)), 10)
+	b = append(b, "\r\n"...)
 	for _, a := range args {
-		b = append(b, "$"+strconv.Itoa(len(a))+"\r\n"+a+"\r\n"...)
+		b = appendBulk(b, a)
 	}
 	return b
 }

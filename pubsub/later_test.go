@@ -60,6 +60,23 @@ func publishLater(t *testing.T, b *pubsub.Redis, channel string, conn uint64, pa
 	}
 }
 
+// laterLive returns a Redis, a broker a on it with a 300 ms Timeout whose
+// lane for Conn 1 is up (one message through), and a recorder of channel on
+// a second broker, which has received that message.
+func laterLive(t *testing.T, channel string) (*testenv.Redis, *pubsub.Redis, *pubsubtest.Recorder, *failures) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	cfg := redisConfig(r)
+	cfg.Timeout = 300 * time.Millisecond
+	a, b := newRedis(t, cfg), newRedis(t, redisConfig(r))
+	rec := pubsubtest.NewRecorder()
+	pubsubtest.Subscribe(t, b, channel, rec.Handle)
+	f := newFailures()
+	publishLater(t, a, channel, 1, "before", f)
+	rec.WaitN(t, 1)
+	return r, a, rec, f
+}
+
 // TestPublishLaterInOrder: messages published without waiting arrive, in
 // the order of each connection, and their answers are counted once read
 // (by the lane's timer: nothing publishes after the last).
@@ -129,15 +146,7 @@ func TestPublishLaterRefused(t *testing.T) {
 // does not come; after the broker's Timeout its Failer is told the outcome
 // is unknown. Once Redis is back the lane dials again.
 func TestPublishLaterUnanswered(t *testing.T) {
-	r := testenv.StartRedis(t)
-	cfg := redisConfig(r)
-	cfg.Timeout = 300 * time.Millisecond
-	a, b := newRedis(t, cfg), newRedis(t, redisConfig(r))
-	rec := pubsubtest.NewRecorder()
-	pubsubtest.Subscribe(t, b, "frozen", rec.Handle)
-	f := newFailures()
-	publishLater(t, a, "frozen", 1, "before", f) // the lane is up
-	rec.WaitN(t, 1)
+	r, a, rec, f := laterLive(t, "frozen")
 	r.Pause()
 	publishLater(t, a, "frozen", 1, "unanswered", f)
 	errs := f.wait(t, 1)
@@ -216,15 +225,7 @@ func TestPublishLaterClose(t *testing.T) {
 // backlog fails. Every publish PublishLater took is then either delivered
 // or reported to its Failer: none is lost without a word.
 func TestPublishLaterFrozenBacklog(t *testing.T) {
-	r := testenv.StartRedis(t)
-	cfg := redisConfig(r)
-	cfg.Timeout = 300 * time.Millisecond
-	a, b := newRedis(t, cfg), newRedis(t, redisConfig(r))
-	rec := pubsubtest.NewRecorder()
-	pubsubtest.Subscribe(t, b, "backlog", rec.Handle)
-	f := newFailures()
-	publishLater(t, a, "backlog", 1, "warm", f)
-	rec.WaitN(t, 1)
+	r, a, rec, f := laterLive(t, "backlog")
 	r.Pause()
 	const n = 6000
 	taken := 0

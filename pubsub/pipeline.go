@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -68,13 +67,8 @@ type pipeline struct {
 // waits for it however ctx ends: each step of it up to the configured
 // Timeout (see roundTrip).
 func (b *Redis) Publish(ctx context.Context, channel string, m Message) error {
-	select {
-	case <-b.closing:
-		return ErrClosed
-	default:
-	}
-	if strings.HasPrefix(channel, probePrefix) {
-		return fmt.Errorf("publish %q: %w", channel, errReserved)
+	if err := b.admit("publish", channel); err != nil {
+		return err
 	}
 	r := pubReqPool.Get().(*pubReq)
 	r.channel = b.cfg.Prefix + channel

@@ -146,6 +146,20 @@ const probePrefix = "__relay_probe:"
 
 var errReserved = errors.New("channel name reserved for the broker's probes (" + probePrefix + "...)")
 
+// admit is the check every publish and subscribe starts with: ErrClosed
+// after Close, and a refusal, naming op, of the probes' channels.
+func (b *Redis) admit(op, channel string) error {
+	select {
+	case <-b.closing:
+		return ErrClosed
+	default:
+	}
+	if strings.HasPrefix(channel, probePrefix) {
+		return fmt.Errorf("%s %q: %w", op, channel, errReserved)
+	}
+	return nil
+}
+
 // Redis is a Broker that relays through Redis PUBLISH and SUBSCRIBE, or on
 // a Redis Cluster through SPUBLISH and SSUBSCRIBE (cluster.go).
 //
@@ -419,13 +433,8 @@ func (b *Redis) stop() {
 // it: it fails with ErrUnavailable after the Timeout. stop writes nothing:
 // the shard's goroutine unsubscribes the channel after its last handler.
 func (b *Redis) Subscribe(ctx context.Context, channel string, h Handler) (func(), error) {
-	select {
-	case <-b.closing:
-		return nil, ErrClosed
-	default:
-	}
-	if strings.HasPrefix(channel, probePrefix) {
-		return nil, fmt.Errorf("subscribe %q: %w", channel, errReserved)
+	if err := b.admit("subscribe", channel); err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 	defer cancel()
