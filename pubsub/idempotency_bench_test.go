@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,23 +22,11 @@ func BenchmarkRedisPublishOnce(b *testing.B) {
 			br := newRedis(b, redisConfig(r))
 			m := pubsub.Message{Origin: "bench", Payload: make([]byte, 128)}
 			var seq atomic.Uint64
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			per := b.N/publishers + 1
-			for range publishers {
-				wg.Go(func() {
-					for range per {
-						once := pubsub.Once{Key: strconv.FormatUint(seq.Add(1), 36), Window: time.Minute}
-						if _, _, err := br.PublishOnce(context.Background(), "bench", m, once, nil); err != nil {
-							panic(fmt.Sprint(err))
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+			benchPublishers(b, publishers, func(int) error {
+				once := pubsub.Once{Key: strconv.FormatUint(seq.Add(1), 36), Window: time.Minute}
+				_, _, err := br.PublishOnce(context.Background(), "bench", m, once, nil)
+				return err
+			}, nil)
 		})
 	}
 }

@@ -262,28 +262,19 @@ func BenchmarkRedisPublishLater(b *testing.B) {
 		b.Run(fmt.Sprintf("publishers=%d", publishers), func(b *testing.B) {
 			br := newRedis(b, redisConfig(r))
 			f := newFailures()
-			per := b.N/publishers + 1
-			b.ReportAllocs()
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for i := range publishers {
-				m := pubsub.Message{Origin: "bench", Conn: uint64(i), Payload: make([]byte, 128)}
-				wg.Go(func() {
-					for range per {
-						err := br.PublishLater("bench", m, f)
-						if errors.Is(err, pubsub.ErrPublishNow) { // the lane is being dialed
-							err = br.Publish(context.Background(), "bench", m)
-						}
-						if err != nil {
-							panic(fmt.Sprint(err))
-						}
-					}
-				})
+			msgs := make([]pubsub.Message, publishers)
+			for i := range msgs {
+				msgs[i] = pubsub.Message{Origin: "bench", Conn: uint64(i), Payload: make([]byte, 128)}
 			}
-			wg.Wait()
-			testenv.WaitFor(b, time.Minute, "every answer", func() bool { return br.Stats().Published >= uint64(per*publishers) })
-			b.ReportMetric(float64(per*publishers)/time.Since(start).Seconds(), "publishes/s")
+			benchPublishers(b, publishers, func(i int) error {
+				err := br.PublishLater("bench", msgs[i], f)
+				if errors.Is(err, pubsub.ErrPublishNow) { // the lane is being dialed
+					err = br.Publish(context.Background(), "bench", msgs[i])
+				}
+				return err
+			}, func(n int) {
+				testenv.WaitFor(b, time.Minute, "every answer", func() bool { return br.Stats().Published >= uint64(n) })
+			})
 			if errs := f.all(); len(errs) > 0 {
 				b.Fatalf("%d publishes failed, the first: %v", len(errs), errs[0])
 			}
